@@ -1,0 +1,1 @@
+"""runner-storage: keep workers' code in sync with where it lives."""

@@ -1,0 +1,469 @@
+"""The on-disk contract: immutable versions, one atomic symlink swap, retention, lock, state.
+
+For a source ``NAME`` under ``BASE``::
+
+    BASE/NAME                      symlink -> .runner-storage/NAME/versions/VERSION
+    BASE/.runner-storage/NAME/
+      versions/VERSION/            complete trees, never modified once published
+      staging/                     trees being built; removed on the next start if killed
+      state.json                   what is published and how the last attempt went
+      lock                         one writer per NAME, across processes (flock)
+
+A backend only resolves revisions and materialises trees (:class:`Backend`); everything
+else lives here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+
+from runner_storage.base import Revision, SyncResult
+from runner_storage.exceptions import (
+    ConfigurationError,
+    DestinationConflictError,
+    PublishError,
+    RunnerStorageError,
+    UnsafeContentError,
+)
+
+__all__ = [
+    "METADATA_DIR",
+    "Backend",
+    "Materialized",
+    "Publisher",
+    "SourceState",
+    "disk_error",
+    "read_state",
+    "validate_name",
+]
+
+METADATA_DIR = ".runner-storage"
+STATE_VERSION = 1
+DEFAULT_KEEP = 3
+DEFAULT_GRACE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """A tree a backend built in the staging directory, and what it cost."""
+
+    revision: Revision
+    files_fetched: int = 0
+    bytes_fetched: int = 0
+
+
+class Backend(Protocol):
+    """What a storage supplies to the publisher: resolve, then materialise."""
+
+    async def resolve(self) -> Revision | None:
+        """Resolve the upstream revision cheaply, or None if only fetching can tell."""
+        ...
+
+    async def materialize(
+        self, revision: Revision | None, staging: Path, previous: Path | None
+    ) -> Materialized:
+        """Build the complete tree for ``revision`` in the empty directory ``staging``.
+
+        ``previous`` is the published version (to hard-link unchanged files from), or None.
+        """
+        ...
+
+
+@dataclass
+class SourceState:
+    """The contents of ``state.json``: what is published and how pulls have gone."""
+
+    source: str
+    revision: str | None = None
+    digest: str | None = None
+    version: str | None = None
+    published_at: str | None = None
+    last_attempt_at: str | None = None
+    last_success_at: str | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document written to ``state.json``."""
+        return {"state_version": STATE_VERSION, **self.__dict__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SourceState:
+        """Parse a ``state.json`` document, ignoring unknown keys."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def validate_name(name: str) -> str:
+    """Check that a destination name stays inside the base path; return it normalised.
+
+    Raises:
+        ConfigurationError: empty, absolute, ``..``, hidden or control characters.
+    """
+    if not name or not name.strip():
+        raise ConfigurationError("the destination name is empty: give the source a name")
+    if "\0" in name or any(ord(c) < 32 for c in name) or "\\" in name:
+        raise ConfigurationError(
+            f"destination name {name!r} contains control characters or backslashes"
+        )
+    path = PurePosixPath(name)
+    if path.is_absolute() or any(part in ("..", ".") for part in path.parts):
+        raise ConfigurationError(
+            f"destination name {name!r} would leave the base path: use a relative name"
+            " without '.' or '..'"
+        )
+    if path.parts[0] == METADATA_DIR or path.parts[0].startswith("-"):
+        raise ConfigurationError(f"destination name {name!r} is reserved or option-like")
+    return str(path)
+
+
+def utcnow() -> str:
+    """Now, as an ISO 8601 UTC timestamp."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def age_seconds(timestamp: str | None) -> float | None:
+    """Seconds since an ISO 8601 timestamp from ``state.json``, or None."""
+    if not timestamp:
+        return None
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(timestamp)).total_seconds()
+
+
+def read_state(base: Path, name: str) -> SourceState | None:
+    """Read the state of source ``name`` under ``base`` without taking the lock."""
+    path = base / METADATA_DIR / name / "state.json"
+    try:
+        return SourceState.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        raise PublishError(f"cannot read {path}: {exc}; delete it to start over") from None
+
+
+class Publisher:
+    """Publishes versions of one source under a base path, per the on-disk contract.
+
+    Args:
+        base: the base path (``BASE``).
+        name: the destination name (``NAME``), possibly with slashes.
+        source: the redacted description of the source, recorded in ``state.json`` and
+            compared on every pull so one destination never mixes two sources.
+        keep: how many newest versions to keep.
+        grace_seconds: never delete a version that was live less than this long ago.
+        redact: applied to every error message written to ``state.json``.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        name: str,
+        *,
+        source: str,
+        keep: int = DEFAULT_KEEP,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        redact: Callable[[str], str] = str,
+    ) -> None:
+        if keep < 1:
+            raise ConfigurationError(f"keep must be at least 1, got {keep}")
+        if grace_seconds < 0:
+            raise ConfigurationError(f"grace period must not be negative, got {grace_seconds}")
+        self.base = base
+        self.name = validate_name(name)
+        self.source = source
+        self.keep = keep
+        self.grace_seconds = grace_seconds
+        self._redact = redact
+
+    @property
+    def link(self) -> Path:
+        """``BASE/NAME``: the symlink runners use."""
+        return self.base / self.name
+
+    @property
+    def root(self) -> Path:
+        """``BASE/.runner-storage/NAME``: everything else about this source."""
+        return self.base / METADATA_DIR / self.name
+
+    @property
+    def versions(self) -> Path:
+        """The directory of complete, immutable versions."""
+        return self.root / "versions"
+
+    @property
+    def staging(self) -> Path:
+        """Where versions are built; emptied at the start of every pull."""
+        return self.root / "staging"
+
+    def state(self) -> SourceState | None:
+        """The current ``state.json``, if any."""
+        return read_state(self.base, self.name)
+
+    def current_version(self) -> Path | None:
+        """The version directory ``BASE/NAME`` points to, if it is one of ours."""
+        try:
+            target = os.readlink(self.link)
+        except (FileNotFoundError, OSError):
+            return None
+        resolved = Path(os.path.normpath(self.link.parent / target))
+        if resolved.parent != self.versions or not resolved.is_dir():
+            return None
+        return resolved
+
+    async def sync(self, backend: Backend) -> SyncResult:
+        """Pull through ``backend`` and publish a new version if the revision changed.
+
+        Raises:
+            RunnerStorageError: anything that went wrong; the published tree is untouched.
+        """
+        started = time.monotonic()
+        async with self._locked():
+            state = self._checked_state()
+            await anyio.to_thread.run_sync(self._remove_leftovers)
+            current = self.current_version()
+            try:
+                result = await self._pull(backend, state, current, started)
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._remove_leftovers)
+                    if isinstance(exc, Exception):
+                        self._record_failure(state, exc)
+                raise
+        return result
+
+    async def _pull(
+        self, backend: Backend, state: SourceState, current: Path | None, started: float
+    ) -> SyncResult:
+        revision = await backend.resolve()
+        if revision is not None and self._is_published(state, current, revision):
+            return self._record_unchanged(state, revision, started)
+        files = size = 0
+        if revision is None or not (self.versions / revision.version_name).is_dir():
+            staging = self.staging / uuid.uuid4().hex
+            await anyio.to_thread.run_sync(_make_dirs, staging)
+            built = await backend.materialize(revision, staging, current)
+            revision, files, size = built.revision, built.files_fetched, built.bytes_fetched
+            if self._is_published(state, current, revision):
+                return self._record_unchanged(state, revision, started)
+            await anyio.to_thread.run_sync(check_contained, staging)
+            target = self.versions / revision.version_name
+            if target.is_dir():
+                # The same tree was published before and is still kept: reuse it.
+                await anyio.to_thread.run_sync(shutil.rmtree, staging)
+            else:
+                _rename(staging, target)
+        with anyio.CancelScope(shield=True):
+            self._swap_link(self.versions / revision.version_name)
+            self._record_published(state, revision)
+            await anyio.to_thread.run_sync(self._apply_retention, state)
+        return SyncResult(revision.id, True, files, size, time.monotonic() - started)
+
+    @staticmethod
+    def _is_published(state: SourceState, current: Path | None, revision: Revision) -> bool:
+        return (
+            current is not None
+            and current.name == state.version
+            and state.digest == revision.digest
+        )
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise disk_error(f"cannot create {self.root}", exc) from None
+        try:
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+            yield
+        finally:
+            os.close(fd)
+
+    def _checked_state(self) -> SourceState:
+        state = self.state()
+        if state is not None and state.source != self.source:
+            raise DestinationConflictError(
+                f"{self.link} is published from {state.source}, not {self.source}: use another"
+                f" name, or remove {self.link} and {self.root} to switch sources"
+            )
+        if os.path.lexists(self.link) and (
+            not self.link.is_symlink() or (state is None and self.current_version() is None)
+        ):
+            raise DestinationConflictError(
+                f"{self.link} exists and is not managed by runner-storage: move it away or"
+                " choose another name or base path"
+            )
+        return state or SourceState(source=self.source)
+
+    def _remove_leftovers(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "link.tmp").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "state.json.tmp").unlink()
+
+    def _swap_link(self, version: Path) -> None:
+        temporary = self.root / "link.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        try:
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(version, self.link.parent), temporary)
+            os.replace(temporary, self.link)
+            _fsync_dir(self.link.parent)
+        except OSError as exc:
+            raise disk_error(f"cannot publish {self.link}", exc) from None
+
+    def _write_state(self, state: SourceState) -> None:
+        path = self.root / "state.json"
+        temporary = path.with_name("state.json.tmp")
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(state.to_json(), handle, indent=2, sort_keys=True)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise disk_error(f"cannot write {path}", exc) from None
+
+    def _record_unchanged(
+        self, state: SourceState, revision: Revision, started: float
+    ) -> SyncResult:
+        now = utcnow()
+        state.last_attempt_at = state.last_success_at = now
+        state.last_error = None
+        state.consecutive_failures = 0
+        self._write_state(state)
+        return SyncResult(revision.id, False, 0, 0, time.monotonic() - started)
+
+    def _record_published(self, state: SourceState, revision: Revision) -> None:
+        now = utcnow()
+        for entry in state.history:
+            if entry.get("retired_at") is None:
+                entry["retired_at"] = now
+        state.history = [e for e in state.history if e["version"] != revision.version_name]
+        state.history.insert(
+            0,
+            {
+                "version": revision.version_name,
+                "revision": revision.id,
+                "published_at": now,
+                "retired_at": None,
+            },
+        )
+        state.revision, state.digest = revision.id, revision.digest
+        state.version = revision.version_name
+        state.published_at = state.last_attempt_at = state.last_success_at = now
+        state.last_error = None
+        state.consecutive_failures = 0
+        self._write_state(state)
+
+    def _record_failure(self, state: SourceState, exc: Exception) -> None:
+        state.last_attempt_at = utcnow()
+        message = str(exc) if isinstance(exc, RunnerStorageError) else f"{type(exc).__name__}"
+        state.last_error = self._redact(message)
+        state.consecutive_failures += 1
+        with contextlib.suppress(PublishError):
+            self._write_state(state)
+
+    def _apply_retention(self, state: SourceState) -> None:
+        """Delete versions beyond the newest ``keep`` that were retired over grace ago."""
+        live = state.version
+        keep = {entry["version"] for entry in state.history[: self.keep]}
+        for entry in state.history:
+            retired = age_seconds(entry.get("retired_at"))
+            if retired is None or retired < self.grace_seconds:
+                keep.add(entry["version"])
+        known = {entry["version"] for entry in state.history}
+        try:
+            children = list(self.versions.iterdir())
+        except FileNotFoundError:
+            return
+        for child in children:
+            if child.name in keep or child.name == live:
+                continue
+            if child.name not in known:
+                # Not in our history: a publish that died before writing state. Keep it
+                # for the grace period in case a runner entered it.
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - child.lstat().st_mtime < self.grace_seconds:
+                        continue
+            shutil.rmtree(child, ignore_errors=True)
+        state.history = [e for e in state.history if (self.versions / e["version"]).exists()]
+        self._write_state(state)
+
+
+def check_contained(root: Path) -> None:
+    """Raise UnsafeContentError if a symlink under ``root`` resolves outside it."""
+    real_root = os.path.realpath(root)
+    for directory, dirnames, filenames in os.walk(root):
+        for entry in (*dirnames, *filenames):
+            path = os.path.join(directory, entry)
+            if not os.path.islink(path):
+                continue
+            resolved = os.path.realpath(path)
+            if resolved != real_root and not resolved.startswith(real_root + os.sep):
+                relative = os.path.relpath(path, root)
+                raise UnsafeContentError(
+                    f"symlink {relative} -> {os.readlink(path)} points outside the source tree;"
+                    " remove it upstream (nothing was published)"
+                )
+
+
+def _make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise disk_error(f"cannot create {path}", exc) from None
+
+
+def _rename(source: Path, target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
+    except OSError as exc:
+        raise disk_error(f"cannot move the new version into {target.parent}", exc) from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def disk_error(what: str, exc: OSError) -> PublishError:
+    """Translate a local ``OSError`` into a one-line :class:`PublishError` with a hint."""
+    hints = {
+        errno.ENOSPC: "the disk is full: free space or lower retention",
+        errno.EDQUOT: "the disk quota is exceeded: free space or lower retention",
+        errno.EACCES: "permission denied: make the base path writable for this user",
+        errno.EPERM: "permission denied: make the base path writable for this user",
+        errno.EROFS: "the file system is read-only: use a writable base path",
+    }
+    hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
+    return PublishError(f"{what}: {hint}")

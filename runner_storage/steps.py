@@ -1,0 +1,131 @@
+"""Prefect deployment pull steps, with placeholders where secrets would be.
+
+The shapes are Prefect's exactly (``prefect.deployments.steps.*``). A secret becomes
+``{{ prefect.blocks.secret.NAME }}`` (a named :class:`~runner_storage.Secret` or a Prefect
+block) or ``{{ $VAR }}`` (an environment secret); a secret with neither cannot be written
+down safely, so building the step fails with a hint instead of leaking it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from runner_storage.credentials import is_secret_like, placeholder_for
+from runner_storage.exceptions import ConfigurationError
+
+__all__ = [
+    "SENSITIVE_SETTING_KEYS",
+    "git_clone_step",
+    "pull_from_remote_storage_step",
+    "pull_with_block_step",
+    "set_working_directory_step",
+]
+
+STEPS = "prefect.deployments.steps"
+
+#: fsspec setting names whose plain-text values are secrets (s3fs, gcsfs, adlfs, http).
+SENSITIVE_SETTING_KEYS = frozenset(
+    {
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "account_key",
+        "connection_string",
+        "sas_token",
+        "client_secret",
+        "credential",
+        "access_token",
+    }
+)
+
+
+def secret_placeholder(value: Any, *, what: str) -> str:
+    """The placeholder for a secret holder, or a ConfigurationError saying how to get one."""
+    placeholder = placeholder_for(value)
+    if placeholder is None:
+        raise ConfigurationError(
+            f"{what} is a plain value and would be written into the pull step: use"
+            " Secret.from_env('VAR') or Secret(..., name='prefect-secret-block-name')"
+        )
+    return placeholder
+
+
+def git_clone_step(
+    *,
+    repository: str,
+    branch: str | None,
+    clone_directory_name: str | None = None,
+    directories: Sequence[str] | None = None,
+    include_submodules: bool = False,
+    commit_sha: str | None = None,
+    credentials: Any = None,
+) -> dict[str, Any]:
+    """A ``git_clone`` step; optional keys appear only when set, as in Prefect."""
+    step: dict[str, Any] = {"repository": repository, "branch": branch}
+    if clone_directory_name:
+        step["clone_directory_name"] = clone_directory_name
+    if directories:
+        step["directories"] = list(directories)
+    if include_submodules:
+        step["include_submodules"] = True
+    if commit_sha:
+        step["commit_sha"] = commit_sha
+    if credentials:
+        step["credentials"] = _credentials_for_step(credentials)
+    return {f"{STEPS}.git_clone": step}
+
+
+def _credentials_for_step(credentials: Any) -> Any:
+    if not isinstance(credentials, Mapping):
+        # A credentials block: Prefect references it by its placeholder.
+        return secret_placeholder(credentials, what="the git credentials block")
+    rendered: dict[str, Any] = {}
+    for key, value in credentials.items():
+        if key == "username" or value is None:
+            rendered[key] = value
+        else:
+            rendered[key] = secret_placeholder(value, what=f"credentials[{key!r}]")
+    return rendered
+
+
+def pull_from_remote_storage_step(
+    *, url: str, settings: Mapping[str, Any], requires: str | None
+) -> dict[str, Any]:
+    """A ``pull_from_remote_storage`` step with secret settings as placeholders."""
+    step: dict[str, Any] = {"url": url, **_settings_for_step(settings, path="settings")}
+    if requires:
+        step["requires"] = requires
+    return {f"{STEPS}.pull_from_remote_storage": step}
+
+
+def _settings_for_step(value: Any, *, path: str, key: str | None = None) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: _settings_for_step(v, path=f"{path}[{k!r}]", key=str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_settings_for_step(v, path=f"{path}[{i}]", key=key) for i, v in enumerate(value)]
+    if is_secret_like(value):
+        return secret_placeholder(value, what=path)
+    if isinstance(value, str) and key in SENSITIVE_SETTING_KEYS and "{{" not in value:
+        secret_placeholder(value, what=path)  # raises: a plain secret
+    return value
+
+
+def set_working_directory_step(directory: str) -> dict[str, Any]:
+    """A ``set_working_directory`` step."""
+    return {f"{STEPS}.set_working_directory": {"directory": directory}}
+
+
+def pull_with_block_step(*, block_type_slug: str, block_document_name: str) -> dict[str, Any]:
+    """A ``pull_with_block`` step."""
+    return {
+        f"{STEPS}.pull_with_block": {
+            "block_type_slug": block_type_slug,
+            "block_document_name": block_document_name,
+        }
+    }

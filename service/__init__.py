@@ -1,0 +1,1 @@
+"""The runner-storage daemon and CLI."""
