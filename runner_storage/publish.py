@@ -24,8 +24,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -40,31 +39,42 @@ from runner_storage.exceptions import (
     RunnerStorageError,
     UnsafeContentError,
 )
+from runner_storage.state import METADATA_DIR, SourceState, age_seconds, read_state, utcnow
 
 __all__ = [
     "METADATA_DIR",
     "Backend",
     "Materialized",
+    "PreviousVersion",
     "Publisher",
-    "SourceState",
     "disk_error",
-    "read_state",
     "validate_name",
 ]
 
-METADATA_DIR = ".runner-storage"
-STATE_VERSION = 1
 DEFAULT_KEEP = 3
 DEFAULT_GRACE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
 class Materialized:
-    """A tree a backend built in the staging directory, and what it cost."""
+    """A tree a backend built in the staging directory, and what it cost.
+
+    ``manifest`` is optional JSON-serialisable data about the tree (an object listing)
+    that the publisher keeps beside the version and hands back on the next pull.
+    """
 
     revision: Revision
     files_fetched: int = 0
     bytes_fetched: int = 0
+    manifest: Any = None
+
+
+@dataclass(frozen=True)
+class PreviousVersion:
+    """The published version a new one may reuse files from, with its manifest."""
+
+    path: Path
+    manifest: Any = None
 
 
 class Backend(Protocol):
@@ -75,39 +85,14 @@ class Backend(Protocol):
         ...
 
     async def materialize(
-        self, revision: Revision | None, staging: Path, previous: Path | None
+        self, revision: Revision | None, staging: Path, previous: PreviousVersion | None
     ) -> Materialized:
         """Build the complete tree for ``revision`` in the empty directory ``staging``.
 
         ``previous`` is the published version (to hard-link unchanged files from), or None.
+        Files in ``previous`` must never be modified: replace, do not write through links.
         """
         ...
-
-
-@dataclass
-class SourceState:
-    """The contents of ``state.json``: what is published and how pulls have gone."""
-
-    source: str
-    revision: str | None = None
-    digest: str | None = None
-    version: str | None = None
-    published_at: str | None = None
-    last_attempt_at: str | None = None
-    last_success_at: str | None = None
-    last_error: str | None = None
-    consecutive_failures: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON document written to ``state.json``."""
-        return {"state_version": STATE_VERSION, **self.__dict__}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SourceState:
-        """Parse a ``state.json`` document, ignoring unknown keys."""
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 def validate_name(name: str) -> str:
@@ -128,32 +113,11 @@ def validate_name(name: str) -> str:
             f"destination name {name!r} would leave the base path: use a relative name"
             " without '.' or '..'"
         )
-    if path.parts[0] == METADATA_DIR or path.parts[0].startswith("-"):
-        raise ConfigurationError(f"destination name {name!r} is reserved or option-like")
+    if path.parts[0].startswith((".", "-")):
+        raise ConfigurationError(
+            f"destination name {name!r} starts with '.' or '-': those names are reserved"
+        )
     return str(path)
-
-
-def utcnow() -> str:
-    """Now, as an ISO 8601 UTC timestamp."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def age_seconds(timestamp: str | None) -> float | None:
-    """Seconds since an ISO 8601 timestamp from ``state.json``, or None."""
-    if not timestamp:
-        return None
-    return (datetime.now(timezone.utc) - datetime.fromisoformat(timestamp)).total_seconds()
-
-
-def read_state(base: Path, name: str) -> SourceState | None:
-    """Read the state of source ``name`` under ``base`` without taking the lock."""
-    path = base / METADATA_DIR / name / "state.json"
-    try:
-        return SourceState.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as exc:
-        raise PublishError(f"cannot read {path}: {exc}; delete it to start over") from None
 
 
 class Publisher:
@@ -256,7 +220,7 @@ class Publisher:
         if revision is None or not (self.versions / revision.version_name).is_dir():
             staging = self.staging / uuid.uuid4().hex
             await anyio.to_thread.run_sync(_make_dirs, staging)
-            built = await backend.materialize(revision, staging, current)
+            built = await backend.materialize(revision, staging, self._previous(current))
             revision, files, size = built.revision, built.files_fetched, built.bytes_fetched
             if self._is_published(state, current, revision):
                 return self._record_unchanged(state, revision, started)
@@ -266,12 +230,38 @@ class Publisher:
                 # The same tree was published before and is still kept: reuse it.
                 await anyio.to_thread.run_sync(shutil.rmtree, staging)
             else:
+                self._write_manifest(revision.version_name, built.manifest)
                 _rename(staging, target)
         with anyio.CancelScope(shield=True):
             self._swap_link(self.versions / revision.version_name)
             self._record_published(state, revision)
             await anyio.to_thread.run_sync(self._apply_retention, state)
         return SyncResult(revision.id, True, files, size, time.monotonic() - started)
+
+    @property
+    def manifests(self) -> Path:
+        """Backend manifests of kept versions, one JSON file per version."""
+        return self.root / "manifests"
+
+    def _previous(self, current: Path | None) -> PreviousVersion | None:
+        if current is None:
+            return None
+        try:
+            text = (self.manifests / f"{current.name}.json").read_text(encoding="utf-8")
+            manifest = json.loads(text)
+        except (OSError, ValueError):
+            manifest = None
+        return PreviousVersion(current, manifest)
+
+    def _write_manifest(self, version: str, manifest: Any) -> None:
+        if manifest is None:
+            return
+        path = self.manifests / f"{version}.json"
+        try:
+            self.manifests.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(manifest, separators=(",", ":")), encoding="utf-8")
+        except OSError as exc:
+            raise disk_error(f"cannot write {path}", exc) from None
 
     @staticmethod
     def _is_published(state: SourceState, current: Path | None, revision: Revision) -> bool:
@@ -412,6 +402,8 @@ class Publisher:
                     if time.time() - child.lstat().st_mtime < self.grace_seconds:
                         continue
             shutil.rmtree(child, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.manifests / f"{child.name}.json").unlink()
         state.history = [e for e in state.history if (self.versions / e["version"]).exists()]
         self._write_state(state)
 
