@@ -14,6 +14,7 @@ from runner_storage.publish import (
     DEFAULT_KEEP,
     Backend,
     Publisher,
+    Verifier,
     validate_name,
 )
 
@@ -85,8 +86,12 @@ class ManagedStorage(abc.ABC):
             redact=self.redact,
         )
 
-    async def pull_code(self) -> SyncResult:
+    async def pull_code(self, *, verify: Verifier | None = None) -> SyncResult:
         """Publish the upstream revision if it differs from the published one.
+
+        Args:
+            verify: an optional pre-publish check, awaited with the complete new tree
+                before it goes live; raising keeps the current version published.
 
         Returns:
             What the pull did; ``changed`` is False for a no-op.
@@ -94,7 +99,7 @@ class ManagedStorage(abc.ABC):
         Raises:
             RunnerStorageError: the pull failed; the published tree is unchanged.
         """
-        return await self.publisher.sync(self._backend())
+        return await self.publisher.sync(self._backend(), verify=verify)
 
     def redact(self, text: str) -> str:
         """``text`` with this storage's secrets and URL credentials replaced."""

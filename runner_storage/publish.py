@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -47,6 +47,7 @@ __all__ = [
     "Materialized",
     "PreviousVersion",
     "Publisher",
+    "Verifier",
     "disk_error",
     "validate_name",
 ]
@@ -75,6 +76,10 @@ class PreviousVersion:
 
     path: Path
     manifest: Any = None
+
+
+#: A pre-publish check: awaited with the new tree and its revision; raising stops the publish.
+Verifier = Callable[[Path, Revision], Awaitable[None]]
 
 
 class Backend(Protocol):
@@ -189,8 +194,13 @@ class Publisher:
             return None
         return resolved
 
-    async def sync(self, backend: Backend) -> SyncResult:
+    async def sync(self, backend: Backend, *, verify: Verifier | None = None) -> SyncResult:
         """Pull through ``backend`` and publish a new version if the revision changed.
+
+        Args:
+            backend: resolves and materialises the source.
+            verify: awaited with the complete new tree and its revision before it is
+                published; raising stops the publish (a pre-publish check).
 
         Raises:
             RunnerStorageError: anything that went wrong; the published tree is untouched.
@@ -201,7 +211,7 @@ class Publisher:
             await anyio.to_thread.run_sync(self._remove_leftovers)
             current = self.current_version()
             try:
-                result = await self._pull(backend, state, current, started)
+                result = await self._pull(backend, state, current, started, verify)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._remove_leftovers)
@@ -211,7 +221,12 @@ class Publisher:
         return result
 
     async def _pull(
-        self, backend: Backend, state: SourceState, current: Path | None, started: float
+        self,
+        backend: Backend,
+        state: SourceState,
+        current: Path | None,
+        started: float,
+        verify: Verifier | None,
     ) -> SyncResult:
         revision = await backend.resolve()
         if revision is not None and self._is_published(state, current, revision):
@@ -225,6 +240,8 @@ class Publisher:
             if self._is_published(state, current, revision):
                 return self._record_unchanged(state, revision, started)
             await anyio.to_thread.run_sync(check_contained, staging)
+            if verify is not None:
+                await verify(staging, revision)
             target = self.versions / revision.version_name
             if target.is_dir():
                 # The same tree was published before and is still kept: reuse it.
