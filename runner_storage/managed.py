@@ -6,7 +6,7 @@ import abc
 from pathlib import Path
 from typing import Any
 
-from runner_storage.base import SyncResult
+from runner_storage.base import Revision, SyncResult
 from runner_storage.credentials import redact
 from runner_storage.exceptions import ConfigurationError
 from runner_storage.publish import (
@@ -101,9 +101,24 @@ class ManagedStorage(abc.ABC):
         """
         return await self.publisher.sync(self._backend(), verify=verify)
 
+    async def check(self) -> Revision | None:
+        """Resolve the upstream revision without fetching or publishing anything.
+
+        Returns:
+            The revision, or None for sources that can only tell by fetching (blocks).
+
+        Raises:
+            RunnerStorageError: the source cannot be reached or resolved.
+        """
+        return await self._backend().resolve()
+
     def redact(self, text: str) -> str:
         """``text`` with this storage's secrets and URL credentials replaced."""
         return redact(text, self._secret_values())
+
+    @abc.abstractmethod
+    def to_pull_step(self) -> dict[str, Any]:
+        """The Prefect deployment pull step that reproduces this storage."""
 
     @abc.abstractmethod
     def _backend(self) -> Backend:

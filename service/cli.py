@@ -1,5 +1,382 @@
-"""Command line entry point (placeholder until the daemon lands)."""
+"""The ``runner-storage`` command.
+
+Exit codes: 0 success; 1 a pull or check failed at runtime; 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from runner_storage import __version__
+from runner_storage.exceptions import ConfigurationError, RunnerStorageError
+from runner_storage.local import LocalStorage
+from runner_storage.managed import ManagedStorage
+from runner_storage.state import METADATA_DIR, SourceState, age_seconds, read_state
+from service.config import DaemonSettings, SettingsError, SourceSettings, load_settings
+from service.logging import configure_logging
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
-def main() -> None:
-    """Run the CLI."""
+class _UsageError(Exception):
+    """Bad settings or arguments: exit 2 with these lines."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = list(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (the console script exits with it)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except _UsageError as exc:
+        for line in exc.lines:
+            print(f"runner-storage: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runner-storage",
+        description="Keep workers' code in sync with git repositories, object stores and HTTP.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon: keep every configured source current")
+    _config_option(run)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="pull every source once and exit; 0 only if all succeeded",
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    pull = commands.add_parser("pull", help="pull one source once and publish it")
+    pull.add_argument("source", help="git URL, fsspec URL (s3://, gs://, az://, https://) or path")
+    pull.add_argument(
+        "--dest",
+        type=Path,
+        default=None,
+        help="base directory to publish under (default: current directory)",
+    )
+    pull.add_argument("--name", help="destination name under --dest (git sources)")
+    pull.add_argument("--branch", help="branch or tag (git sources)")
+    pull.add_argument("--commit-sha", help="commit to publish (git sources)")
+    pull.add_argument("--directories", help="comma-separated directories (git sparse checkout)")
+    pull.add_argument(
+        "--depth", type=int, default=1, help="git history depth; 0 = full (default 1)"
+    )
+    pull.add_argument("--json", action="store_true", help="print the result as JSON")
+    pull.set_defaults(handler=_cmd_pull)
+
+    steps = commands.add_parser("steps", help="print the prefect.yaml pull: section")
+    _config_option(steps)
+    steps.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    steps.set_defaults(handler=_cmd_steps)
+
+    check = commands.add_parser("check", help="validate settings and reach every source")
+    _config_option(check)
+    check.set_defaults(handler=_cmd_check)
+
+    status = commands.add_parser("status", help="show each source's published state")
+    status.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="base directory (default: RUNNER_STORAGE_ROOT or the current one)",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=_cmd_status)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML or YAML settings file (default: RUNNER_STORAGE_CONFIG)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> DaemonSettings:
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        raise _UsageError(exc.problems) from None
+    if not settings.all_sources():
+        raise _UsageError(
+            [
+                "no sources configured: add [[sources]] to the config file or set"
+                " RUNNER_STORAGE_SOURCE"
+            ]
+        )
+    return settings
+
+
+def _build_all(
+    settings: DaemonSettings,
+) -> list[tuple[SourceSettings, ManagedStorage | LocalStorage]]:
+    from service.sources import build_storage  # noqa: PLC0415 - imports the backends
+
+    built = []
+    problems = []
+    for index, source in enumerate(settings.all_sources()):
+        try:
+            built.append((source, build_storage(source, settings)))
+        except ConfigurationError as exc:
+            problems.append(f"sources[{index}] ({source.source}): {exc}")
+    names: dict[str, int] = {}
+    for index, (_, storage) in enumerate(built):
+        name = str(storage.destination)
+        if name in names:
+            problems.append(
+                f"sources[{index}] publishes to {name}, as sources[{names[name]}] does;"
+                " give one of them another name"
+            )
+        names[name] = index
+    if problems:
+        raise _UsageError(problems)
+    return built
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(format=settings.log_format, level=settings.log_level)
+    built = _build_all(settings)
+    from service.daemon import Daemon, SourceRuntime  # noqa: PLC0415 - only the daemon needs it
+    from service.http import serve_http  # noqa: PLC0415
+
+    try:
+        settings.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _UsageError([f"cannot create the root {settings.root}: {exc.strerror}"]) from None
+    daemon = Daemon(settings, [SourceRuntime(source, storage) for source, storage in built])
+    daemon.log.info(
+        "daemon_starting",
+        version=__version__,
+        sources=len(built),
+        root=str(settings.root),
+        once=args.once,
+    )
+    return anyio.run(lambda: daemon.run(once=args.once, serve_http=serve_http))
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    configure_logging(format="console", level="warning", stream=sys.stderr)
+    directories = [d for d in (args.directories or "").split(",") if d.strip()] or None
+    options: dict[str, Any] = {
+        "source": args.source,
+        "pull_interval": None,
+        "depth": args.depth,
+        "name": args.name,
+        "branch": args.branch,
+        "commit_sha": args.commit_sha,
+        "directories": directories,
+    }
+    try:
+        source = SourceSettings(**options)
+        settings = DaemonSettings(root=(args.dest or Path.cwd()).resolve())
+    except ValueError as exc:
+        raise _UsageError([str(exc).splitlines()[0]]) from None
+    ((_, storage),) = _build_all(settings.model_copy(update={"sources": [source]}))
+    label = storage.redact(args.source) if isinstance(storage, ManagedStorage) else args.source
+    try:
+        result = _with_progress(f"pulling {label}", lambda: anyio.run(storage.pull_code))
+    except RunnerStorageError as exc:
+        print(f"runner-storage: pull failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigurationError) else EXIT_FAILURE
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "destination": str(storage.destination),
+                    "revision": result.revision,
+                    "changed": result.changed,
+                    "files_fetched": result.files_fetched,
+                    "bytes_fetched": result.bytes_fetched,
+                    "duration": round(result.duration, 3),
+                }
+            )
+        )
+    else:
+        what = "published" if result.changed else "up to date"
+        print(
+            f"{what}: {storage.destination} at {result.revision[:12]}"
+            f" ({result.files_fetched} files, {_size(result.bytes_fetched)} fetched"
+            f" in {result.duration:.2f}s)"
+        )
+    return EXIT_OK
+
+
+def _with_progress(label: str, work: Callable[[], Any], stream: TextIO = sys.stderr) -> Any:
+    """Run ``work``, showing a spinner with the elapsed time when ``stream`` is a terminal."""
+    if not stream.isatty():
+        return work()
+    done = threading.Event()
+    started = time.monotonic()
+
+    def spin() -> None:
+        frames = "|/-\\"
+        index = 0
+        while not done.wait(0.1):
+            elapsed = time.monotonic() - started
+            stream.write(f"\r{frames[index % 4]} {label} {elapsed:.1f}s")
+            stream.flush()
+            index += 1
+        stream.write("\r\033[K")
+        stream.flush()
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        return work()
+    finally:
+        done.set()
+        spinner.join()
+
+
+def _cmd_steps(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    steps: list[dict[str, Any]] = []
+    problems = []
+    for source, storage in _build_all(settings):
+        try:
+            step = storage.to_pull_step()
+        except ConfigurationError as exc:
+            problems.append(f"{source.source}: {exc}")
+            continue
+        steps.append(step)
+    if problems:
+        raise _UsageError(problems)
+    if args.format == "json":
+        print(json.dumps({"pull": steps}, indent=2))
+    else:
+        import yaml  # noqa: PLC0415 - only this command needs it
+
+        print(yaml.safe_dump({"pull": steps}, sort_keys=False), end="")
+    return EXIT_OK
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    built = _build_all(settings)
+    failures = 0
+    for source, storage in built:
+        name = storage.name if isinstance(storage, ManagedStorage) else str(storage.destination)
+        try:
+            revision = anyio.run(_resolve, storage)
+        except RunnerStorageError as exc:
+            failures += 1
+            print(f"FAIL {name}: {exc}")
+            continue
+        print(f"ok   {name}: {source.source if revision is None else revision}")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+async def _resolve(storage: ManagedStorage | LocalStorage) -> str | None:
+    if isinstance(storage, LocalStorage):
+        if not storage.destination.is_dir():
+            raise ConfigurationError(f"{storage.destination} is not a directory")
+        return str(storage.destination)
+    revision = await storage.check()
+    return None if revision is None else revision.id
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    root = args.root
+    if root is None:
+        import os  # noqa: PLC0415
+
+        root = Path(os.environ.get("RUNNER_STORAGE_ROOT") or Path.cwd())
+    try:
+        states = _find_states(root)
+    except RunnerStorageError as exc:
+        print(f"runner-storage: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        rows = [
+            {
+                "name": name,
+                "revision": state.revision,
+                "published_at": state.published_at,
+                "last_success_age_seconds": age_seconds(state.last_success_at),
+                "consecutive_failures": state.consecutive_failures,
+                "last_error": state.last_error,
+                "source": state.source,
+            }
+            for name, state in states
+        ]
+        print(json.dumps({"root": str(root), "sources": rows}, indent=2))
+        return EXIT_OK
+    if not states:
+        print(f"no sources published under {root}")
+        return EXIT_OK
+    table = [("NAME", "REVISION", "LAST SUCCESS", "FAILURES", "LAST ERROR")]
+    table += [
+        (
+            name,
+            (state.revision or "-")[:12],
+            _age(age_seconds(state.last_success_at)),
+            str(state.consecutive_failures),
+            (state.last_error or "-")[:100],
+        )
+        for name, state in states
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(4)]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*cells, line[4]]))
+    return EXIT_OK
+
+
+def _find_states(root: Path) -> list[tuple[str, SourceState]]:
+    meta = root / METADATA_DIR
+    found = []
+    for path in sorted(meta.rglob("state.json")) if meta.is_dir() else []:
+        name = path.parent.relative_to(meta).as_posix()
+        if name.startswith("."):
+            continue
+        state = read_state(root, name)
+        if state is not None:
+            found.append((name, state))
+    return found
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"

@@ -1,0 +1,144 @@
+"""The daemon's HTTP endpoints (loopback by default).
+
+``GET /livez``, ``GET /readyz[?verbose]``, ``GET /metrics``, ``GET /sources`` and
+``POST /sync/NAME`` (bearer token; disabled when no token is configured).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiohttp import web
+from anyio.abc import TaskStatus
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from runner_storage.credentials import strip_url_credentials
+from runner_storage.managed import ManagedStorage
+
+if TYPE_CHECKING:
+    from service.daemon import Daemon
+
+__all__ = ["build_app", "serve_http"]
+
+_DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    """The aiohttp application serving the daemon's endpoints."""
+    app = web.Application(middlewares=[_security_headers])
+    app[_DAEMON] = daemon
+    app.router.add_get("/livez", _livez, allow_head=True)
+    app.router.add_get("/readyz", _readyz, allow_head=True)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/sources", _sources)
+    app.router.add_post("/sync/{name:.+}", _sync)
+    return app
+
+
+async def serve_http(daemon: Daemon, *, task_status: TaskStatus[int]) -> None:
+    """Serve until cancelled; reports the bound port through ``task_status``."""
+    settings = daemon.settings
+    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.http_host, settings.http_port or 0)
+        await site.start()
+        port = _bound_port(runner)
+        daemon.log.info("http_listening", host=settings.http_host, port=port)
+        task_status.started(port)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise RuntimeError("the HTTP server is not bound to a TCP port")
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    response: web.StreamResponse = await handler(request)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+async def _livez(request: web.Request) -> web.Response:
+    if request.app[_DAEMON].live():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="event loop stalled\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready, checks = request.app[_DAEMON].readiness()
+    status = 200 if ready else 503
+    if "verbose" not in request.query:
+        return web.Response(status=status, text="ok\n" if ready else "not ready\n")
+    lines = [f"[{'+' if ok else '-'}]{name} {why}" for name, (ok, why) in sorted(checks.items())]
+    lines.append("readyz check passed" if ready else "readyz check failed")
+    return web.Response(status=status, text="\n".join(lines) + "\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[_DAEMON].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _sources(request: web.Request) -> web.Response:
+    daemon = request.app[_DAEMON]
+    now = time.time()
+    payload = []
+    for name, runtime in sorted(daemon.runtimes.items()):
+        ready, why = runtime.readiness(now)
+        storage = runtime.storage
+        source = strip_url_credentials(runtime.settings.source)
+        if isinstance(storage, ManagedStorage):
+            source = storage.redact(source)
+        payload.append(
+            {
+                "name": name,
+                "source": source,
+                "destination": str(storage.destination),
+                "revision": runtime.revision,
+                "ready": ready,
+                "reason": why,
+                "pulling": runtime.pulling,
+                "last_success_age_seconds": (
+                    None if runtime.last_success is None else round(now - runtime.last_success, 3)
+                ),
+                "next_pull_in_seconds": (
+                    None if runtime.next_pull_at is None else round(runtime.next_pull_at - now, 3)
+                ),
+                "consecutive_failures": runtime.consecutive_failures,
+                "last_error": runtime.last_error,
+            }
+        )
+    return web.json_response({"sources": payload})
+
+
+async def _sync(request: web.Request) -> web.Response:
+    daemon = request.app[_DAEMON]
+    token = daemon.settings.sync_token
+    if token is None:
+        return web.json_response(
+            {"error": "the sync endpoint is disabled: set sync_token to enable it"}, status=403
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        return web.json_response(
+            {"error": "a valid bearer token is required"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="runner-storage"'},
+        )
+    name = request.match_info["name"]
+    if not daemon.request_sync(name):
+        return web.json_response({"error": f"no source named {name!r}"}, status=404)
+    return web.json_response({"source": name, "queued": True}, status=202)
