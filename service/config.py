@@ -330,10 +330,13 @@ def load_settings(
 
 
 def _read_file(path: Path) -> PydanticBaseSettingsSource:
-    source = _file_source(path)
     try:
+        # The TOML source parses in its constructor, the YAML one on call: cover both.
+        source = _file_source(path)
         source()
-    except Exception as exc:
+    except SettingsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - parsers raise many types; all mean "unreadable"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SettingsError([f"config file {path} cannot be parsed: {first_line}"]) from None
     return source

@@ -205,7 +205,7 @@ class Daemon:
         old_revision = runtime.revision
         try:
             result = await self._pull_with_timeout(runtime)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken source must never stop the daemon
             self._record_failure(runtime, exc, time.monotonic() - started)
             return
         finally:

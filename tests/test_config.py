@@ -1,0 +1,178 @@
+"""Daemon settings: file, environment and secrets directory, and the errors users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner_storage.credentials import Secret
+from service.config import DaemonSettings, SettingsError, load_settings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    """Write a config file and return its path."""
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+class TestSources:
+    """Where settings come from, and in which order they win."""
+
+    def test_example_config_loads(self) -> None:
+        """The example config shipped in examples/ is valid and means what it says."""
+        settings = load_settings(EXAMPLES / "config.toml", environ={})
+        flows, models = settings.all_sources()
+        assert flows.name == "flows"
+        assert flows.directories == ["flows"]
+        assert flows.credentials is not None
+        token = flows.credentials.token.to_secret()
+        assert token.env_var == "GITHUB_TOKEN"
+        assert token.placeholder() == "{{ prefect.blocks.secret.github-token }}"
+        assert flows.hooks.check == ["python", "-m", "compileall", "-q", "."]
+        assert models.source == "s3://acme-artifacts/models"
+        secret = models.fsspec_settings()["secret"]
+        assert isinstance(secret, Secret)
+        assert secret.env_var == "AWS_SECRET_ACCESS_KEY"
+
+    def test_yaml_file(self, tmp_path: Path) -> None:
+        """A YAML file is read like a TOML one."""
+        path = write(
+            tmp_path,
+            "c.yaml",
+            "root: /srv/code\nsources:\n  - source: https://h/r.git\n    branch: dev\n",
+        )
+        settings = load_settings(path, environ={})
+        assert settings.root == Path("/srv/code")
+        assert settings.all_sources()[0].branch == "dev"
+
+    def test_environment_beats_file(self, tmp_path: Path) -> None:
+        """A RUNNER_STORAGE_ variable overrides the same key in the file."""
+        path = write(tmp_path, "c.toml", 'root = "/from/file"\nconcurrency = 2\n')
+        settings = load_settings(path, environ={"RUNNER_STORAGE_ROOT": "/from/env"})
+        assert settings.root == Path("/from/env")
+        assert settings.concurrency == 2
+
+    def test_config_path_from_environment(self, tmp_path: Path) -> None:
+        """RUNNER_STORAGE_CONFIG names the file when --config is not given."""
+        path = write(tmp_path, "c.toml", "concurrency = 7\n")
+        settings = load_settings(environ={"RUNNER_STORAGE_CONFIG": str(path)})
+        assert settings.concurrency == 7
+
+    def test_single_source_from_environment(self) -> None:
+        """A sidecar can describe one source with environment variables only."""
+        settings = load_settings(
+            environ={
+                "RUNNER_STORAGE_SOURCE": "https://git.example/org/repo.git",
+                "RUNNER_STORAGE_BRANCH": "release",
+                "RUNNER_STORAGE_DIRECTORIES": "flows, lib",
+                "RUNNER_STORAGE_PULL_INTERVAL": "15",
+                "RUNNER_STORAGE_USERNAME": "bot",
+                "RUNNER_STORAGE_TOKEN_FILE": "/run/secrets/token",
+            }
+        )
+        (source,) = settings.all_sources()
+        assert source.source == "https://git.example/org/repo.git"
+        assert source.branch == "release"
+        assert source.directories == ["flows", "lib"]
+        assert source.pull_interval == 15
+        assert source.credentials is not None
+        assert source.credentials.username == "bot"
+        assert source.credentials.token.file == Path("/run/secrets/token")
+
+    def test_secrets_directory(self, tmp_path: Path) -> None:
+        """Files in the secrets directory (systemd's CREDENTIALS_DIRECTORY) fill secret fields."""
+        (tmp_path / "runner_storage_sync_token").write_text("s3cr3t-sync")
+        settings = load_settings(environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+        assert settings.sync_token is not None
+        assert settings.sync_token.get_secret_value() == "s3cr3t-sync"
+        assert "s3cr3t-sync" not in repr(settings)
+
+    def test_defaults(self) -> None:
+        """With nothing configured the HTTP server binds loopback only."""
+        settings = DaemonSettings.model_validate({})
+        assert settings.http_host == "127.0.0.1"
+        assert settings.all_sources() == []
+
+
+class TestErrors:
+    """Invalid settings: every problem at once, naming the field and where it came from."""
+
+    def test_every_problem_is_reported_with_its_origin(self, tmp_path: Path) -> None:
+        """Problems in the file and the environment are all listed, each with its origin."""
+        path = write(
+            tmp_path,
+            "bad.toml",
+            'http_port = "eighty"\n[[sources]]\nsource = "s3://b"\npull_interval = -1\nbogus = 1\n',
+        )
+        with pytest.raises(SettingsError) as caught:
+            load_settings(path, environ={"RUNNER_STORAGE_CONCURRENCY": "zero"})
+        problems = caught.value.problems
+        assert any(p.startswith("http_port: Input should be a valid integer") for p in problems)
+        assert any(p.startswith("http_port:") and p.endswith(f"(from {path})") for p in problems)
+        assert any(
+            p.startswith("concurrency:") and "RUNNER_STORAGE_CONCURRENCY" in p for p in problems
+        )
+        assert any(p.startswith("sources[0].pull_interval:") and str(path) in p for p in problems)
+        assert any(p.startswith("sources[0].bogus: Extra inputs") for p in problems)
+        assert len(problems) == 4
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            pytest.param("[[sources]]\n", "sources[0].source: Field required", id="no-source"),
+            pytest.param(
+                '[[sources]]\nsource = "x"\ncredentials = { token = { env = "A", file = "/b" } }\n',
+                "give exactly one of env, file or value",
+                id="two-secret-origins",
+            ),
+            pytest.param(
+                '[[sources]]\nsource = "x"\nhooks = { webhook = "ftp://h" }\n',
+                "webhook must be an http:// or https:// URL",
+                id="webhook-scheme",
+            ),
+            pytest.param(
+                '[[sources]]\nname = "a"\nsource = "x"\n[[sources]]\nname = "a"\nsource = "y"\n',
+                "names must be unique",
+                id="duplicate-names",
+            ),
+            pytest.param("backoff_initial = 10\nbackoff_max = 1\n", "backoff_max", id="backoff"),
+            pytest.param('log_level = "loud"\n', "log_level", id="log-level"),
+            pytest.param("[[sources]\n", "cannot be parsed", id="toml-syntax"),
+        ],
+    )
+    def test_bad_file(self, tmp_path: Path, text: str, expected: str) -> None:
+        """Each kind of bad file gives a readable line that says what is wrong."""
+        with pytest.raises(SettingsError) as caught:
+            load_settings(write(tmp_path, "c.toml", text), environ={})
+        assert expected in str(caught.value)
+        assert all("\n" not in problem for problem in caught.value.problems)
+
+    def test_single_source_options_without_source(self) -> None:
+        """RUNNER_STORAGE_BRANCH without RUNNER_STORAGE_SOURCE is an error, not ignored."""
+        with pytest.raises(SettingsError, match="RUNNER_STORAGE_SOURCE is not"):
+            load_settings(environ={"RUNNER_STORAGE_BRANCH": "main"})
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A config path that does not exist says so."""
+        with pytest.raises(SettingsError, match="does not exist"):
+            load_settings(tmp_path / "nope.toml", environ={})
+
+    def test_wrong_suffix(self, tmp_path: Path) -> None:
+        """Only TOML and YAML files are accepted, and the message says so."""
+        with pytest.raises(SettingsError, match=r"use a \.toml, \.yaml or \.yml file"):
+            load_settings(write(tmp_path, "c.ini", "x=1"), environ={})
+
+    def test_secret_values_never_in_errors(self, tmp_path: Path) -> None:
+        """A literal token in a bad config does not appear in the error text."""
+        path = write(
+            tmp_path,
+            "c.toml",
+            '[[sources]]\nsource = "x"\ncredentials = { token = "tok-CANARY-123" }\ntimeout = -5\n',
+        )
+        with pytest.raises(SettingsError) as caught:
+            load_settings(path, environ={})
+        assert "tok-CANARY-123" not in str(caught.value)
