@@ -1,0 +1,319 @@
+"""The daemon end to end: a real ``runner-storage run`` process, read over HTTP, signalled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from daemon_process import DaemonFactory, RunningDaemon, wait_for
+from servers.gitrepo import UpstreamRepoFactory
+from servers.procs import LOOPBACK, ThreadedHTTPServerHandle
+
+TOKEN = "sync-token-0123456789"
+
+
+def git_source(url: str, name: str, extra: str = "") -> str:
+    """A [[sources]] table for a git source."""
+    return f'[[sources]]\nname = "{name}"\nsource = "{url}"\n{extra}\n'
+
+
+def published_revision(daemon: RunningDaemon, name: str) -> str | None:
+    """The revision /sources reports for ``name``."""
+    revision: str | None = daemon.sources()[name]["revision"]
+    return revision
+
+
+def metric(daemon: RunningDaemon, sample: str) -> float | None:
+    """The value of one sample line (name and labels exactly) in /metrics."""
+    _, body = daemon.request("/metrics")
+    for line in body.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class TestHealth:
+    """Readiness, liveness and the sources view tell the truth."""
+
+    def test_good_and_broken_sources(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """A broken source never stops a good one; readiness says which is which."""
+        repo = upstream_repo()
+        missing = (tmp_path / "missing.git").as_uri()
+        daemon = start_daemon(
+            'root = "{root}"\nbackoff_initial = 0.2\nbackoff_max = 0.5\n'
+            + git_source(repo.file_url, "good")
+            + git_source(missing, "broken")
+        )
+        wait_for(lambda: published_revision(daemon, "good"), what="good published")
+        assert published_revision(daemon, "good") == repo.head()
+        assert (daemon.root / "good" / "flows" / "a.py").is_file()
+
+        status, body = daemon.request("/readyz?verbose")
+        assert status == 503
+        assert "[+]good ok" in body
+        assert "[-]broken" in body
+        assert daemon.request("/livez")[0] == 200
+
+        # The broken source keeps retrying with backoff, but its error is logged once.
+        wait_for(
+            lambda: (
+                (metric(daemon, 'runner_storage_pulls_total{result="error",source="broken"}') or 0)
+                >= 3
+            ),
+            what="three failed pulls",
+        )
+        failed = [e for e in daemon.events("sync_failed") if e["source"] == "broken"]
+        assert len(failed) == 1
+        assert daemon.sources()["broken"]["consecutive_failures"] >= 3
+        assert metric(daemon, 'runner_storage_consecutive_failures{source="broken"}') >= 3
+        assert metric(daemon, 'runner_storage_pulls_total{result="changed",source="good"}') == 1
+        assert (
+            metric(
+                daemon,
+                f'runner_storage_published_revision_info{{revision="{repo.head()}",source="good"}}',
+            )
+            == 1
+        )
+
+    def test_staleness_turns_readiness_false(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """Once the last success is older than max_staleness, /readyz fails."""
+        repo = upstream_repo()
+        daemon = start_daemon(
+            'root = "{root}"\n'
+            + git_source(repo.file_url, "code", "pull_interval = 3600\nmax_staleness = 1.5"),
+            wait_ready=True,
+        )
+        wait_for(lambda: daemon.request("/readyz")[0] == 503, timeout=10, what="staleness")
+        _, body = daemon.request("/readyz?verbose")
+        assert "[-]code stale" in body
+
+    def test_restart_keeps_serving_the_published_version(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """A restarted daemon whose source is down still reports the version on disk."""
+        repo = upstream_repo()
+        config = 'root = "' + str(tmp_path / "shared-root") + '"\n'
+        first = start_daemon(config + git_source(repo.file_url, "code"), wait_ready=True)
+        first.process.stop()
+        head = repo.head()
+        os.rename(repo.path, repo.path.with_name("gone.git"))
+        second = start_daemon(config + git_source(repo.file_url, "code", "backoff_initial = 5"))
+        wait_for(lambda: second.sources()["code"]["consecutive_failures"] >= 1, what="a failure")
+        assert second.sources()["code"]["revision"] == head
+        assert (tmp_path / "shared-root" / "code" / "README.md").is_file()
+        assert second.request("/readyz")[0] == 200
+
+
+class TestSyncTriggers:
+    """POST /sync/NAME and SIGHUP pull now."""
+
+    def test_post_sync_with_token(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """Only the configured bearer token may trigger a pull; it publishes the new commit."""
+        repo = upstream_repo()
+        daemon = start_daemon(
+            'root = "{root}"\n' + git_source(repo.file_url, "code", "pull_interval = 3600"),
+            env={"RUNNER_STORAGE_SYNC_TOKEN": TOKEN},
+            wait_ready=True,
+        )
+        new = repo.commit({"flows/new.py": "x = 1\n"})
+        assert daemon.request("/sync/code", method="POST")[0] == 401
+        bad = {"Authorization": "Bearer wrong"}
+        assert daemon.request("/sync/code", method="POST", headers=bad)[0] == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert daemon.request("/sync/nope", method="POST", headers=good)[0] == 404
+        assert daemon.request("/sync/code", method="GET", headers=good)[0] == 405
+        assert daemon.request("/nothing-here")[0] == 404
+        status, body = daemon.request("/sync/code", method="POST", headers=good)
+        assert (status, json.loads(body)) == (202, {"source": "code", "queued": True})
+        wait_for(lambda: published_revision(daemon, "code") == new, what="new commit")
+        assert (daemon.root / "code" / "flows" / "new.py").read_text() == "x = 1\n"
+
+    def test_sync_disabled_without_token(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """With no token configured the endpoint refuses everyone."""
+        repo = upstream_repo()
+        daemon = start_daemon('root = "{root}"\n' + git_source(repo.file_url, "code"))
+        status, body = daemon.request(
+            "/sync/code", method="POST", headers={"Authorization": "Bearer anything"}
+        )
+        assert status == 403
+        assert "disabled" in body
+
+    def test_sighup_pulls_now(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """SIGHUP makes every source pull at once, without waiting for its interval."""
+        repo = upstream_repo()
+        daemon = start_daemon(
+            'root = "{root}"\n' + git_source(repo.file_url, "code", "pull_interval = 3600"),
+            wait_ready=True,
+        )
+        new = repo.commit({"README.md": "changed\n"})
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: published_revision(daemon, "code") == new, what="pull after SIGHUP")
+
+
+class TestLifecycle:
+    """Start-up, --once, shutdown and exit codes."""
+
+    def test_sigterm_exits_zero(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """SIGTERM stops the daemon promptly with exit code 0."""
+        repo = upstream_repo()
+        daemon = start_daemon(
+            'root = "{root}"\n' + git_source(repo.file_url, "code"), wait_ready=True
+        )
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(timeout=10) == 0
+        assert daemon.events("daemon_stopped")
+
+    def test_max_failures_exits_non_zero(self, start_daemon: DaemonFactory, tmp_path: Path) -> None:
+        """A source that reaches max_failures makes the daemon exit 1, for a restart."""
+        missing = (tmp_path / "missing.git").as_uri()
+        daemon = start_daemon(
+            'root = "{root}"\nbackoff_initial = 0.1\nbackoff_max = 0.2\n'
+            + git_source(missing, "broken", "max_failures = 2")
+        )
+        assert daemon.wait_exit(timeout=20) == 1
+        assert daemon.events("source_gave_up")
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback HTTP server collecting JSON POST bodies."""
+    received: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["Content-Length"])
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Keep the test output quiet."""
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    handle = ThreadedHTTPServerHandle("webhook", server)
+    handle.start()
+    yield f"http://{LOOPBACK}:{server.server_address[1]}/hook", received
+    handle.stop()
+
+
+class TestHooks:
+    """The pre-publish check, the exec hook and the webhook."""
+
+    def test_failing_check_keeps_the_old_version(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """A commit that fails the check is never published; the counter shows it."""
+        repo = upstream_repo()
+        first = repo.head()
+        # The check passes while BROKEN is absent from the tree.
+        check = "sh -c 'test ! -e BROKEN'"
+        daemon = start_daemon(
+            'root = "{root}"\nbackoff_initial = 0.2\nbackoff_max = 0.5\n'
+            + git_source(
+                repo.file_url, "code", f'pull_interval = 0.5\nhooks = {{ check = "{check}" }}'
+            ),
+            wait_ready=True,
+        )
+        repo.commit({"BROKEN": "yes\n"})
+        wait_for(
+            lambda: (
+                (
+                    metric(daemon, 'runner_storage_hook_failures_total{hook="check",source="code"}')
+                    or 0
+                )
+                >= 1
+            ),
+            what="a failed check",
+        )
+        assert published_revision(daemon, "code") == first
+        assert not (daemon.root / "code" / "BROKEN").exists()
+        assert "pre-publish check" in daemon.sources()["code"]["last_error"]
+
+    def test_exec_and_webhook_after_publish(
+        self,
+        start_daemon: DaemonFactory,
+        upstream_repo: UpstreamRepoFactory,
+        tmp_path: Path,
+        webhook_receiver: tuple[str, list[dict[str, str]]],
+    ) -> None:
+        """After a publish the exec hook runs with the revisions and the webhook gets JSON."""
+        url, received = webhook_receiver
+        repo = upstream_repo()
+        marker = tmp_path / "hook.out"
+        command = f"sh -c 'echo $RUNNER_STORAGE_NEW_REVISION $PWD > {marker}'"
+        daemon = start_daemon(
+            'root = "{root}"\n'
+            + git_source(
+                repo.file_url, "code", f'hooks = {{ exec = "{command}", webhook = "{url}" }}'
+            ),
+            wait_ready=True,
+        )
+        wait_for(lambda: received, what="the webhook")
+        assert received[0]["source"] == "code"
+        assert received[0]["old_revision"] is None
+        assert received[0]["new_revision"] == repo.head()
+        assert received[0]["path"] == str(daemon.root / "code")
+        wait_for(marker.exists, what="the exec hook")
+        revision, cwd = marker.read_text().split()
+        assert revision == repo.head()
+        assert Path(cwd).resolve() == (daemon.root / "code").resolve()
+
+
+class TestSystemd:
+    """Type=notify against a real datagram socket."""
+
+    def test_ready_watchdog_stopping(
+        self, start_daemon: DaemonFactory, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """READY=1 after the first attempt, WATCHDOG=1 pings, STOPPING=1 on SIGTERM."""
+        repo = upstream_repo()
+        path = tmp_path / "notify.sock"
+        messages: list[str] = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(0.2)
+            stop = threading.Event()
+
+            def collect() -> None:
+                while not stop.is_set():
+                    try:
+                        messages.append(sock.recv(4096).decode())
+                    except TimeoutError:
+                        continue
+
+            thread = threading.Thread(target=collect)
+            thread.start()
+            try:
+                daemon = start_daemon(
+                    'root = "{root}"\n' + git_source(repo.file_url, "code"),
+                    env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"},
+                )
+                wait_for(lambda: any("READY=1" in m for m in messages), what="READY=1")
+                ready = next(m for m in messages if "READY=1" in m)
+                assert "STATUS=1/1 sources ready" in ready
+                wait_for(lambda: sum("WATCHDOG=1" in m for m in messages) >= 3, what="pings")
+                daemon.signal(signal.SIGTERM)
+                assert daemon.wait_exit() == 0
+                wait_for(lambda: any("STOPPING=1" in m for m in messages), what="STOPPING=1")
+            finally:
+                stop.set()
+                thread.join()
