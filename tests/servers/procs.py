@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 LOOPBACK = "127.0.0.1"
 """The only address any test server listens on."""
@@ -40,6 +42,7 @@ STOP_TIMEOUT = 10.0
 """Default deadline, in seconds, for a server to go away after being signalled."""
 
 _OUTPUT_TAIL = 4000
+_PORT_TAKEN = re.compile(r"in use|EADDRINUSE|cannot bind|could not bind", re.IGNORECASE)
 
 
 class ServerStartError(RuntimeError):
@@ -291,9 +294,10 @@ def start_process(
 
     ``argv(port)`` builds the command line for a port (a fresh free port per attempt unless
     ``port`` is given). Output goes to a log file in ``log_dir``. If the process exits before
-    it is ready (typically: another process took the port first), it is retried up to
-    ``attempts`` times. Raises :class:`ServerStartError` quoting the server's output when
-    it never becomes ready; the process group is stopped in that case.
+    it is ready because another process took the port first (its output says the address is
+    in use), it is retried on a new port up to ``attempts`` times. Raises
+    :class:`ServerStartError` quoting the server's output when it exits for another reason or
+    never becomes ready; the process group is stopped in that case.
     """
     failures: list[str] = []
     for attempt in range(1, attempts + 1):
@@ -315,7 +319,9 @@ def start_process(
             if popen.poll() is not None:
                 failures.append(proc.describe())
                 _stop_quietly(proc, failures)
-                break
+                if port is None and _PORT_TAKEN.search(proc.output()):
+                    break  # lost the race for the port: try another one
+                raise ServerStartError(f"{name} exited during start-up: " + "\n".join(failures))
             if ready(chosen):
                 return proc
             if time.monotonic() >= deadline:
@@ -326,7 +332,7 @@ def start_process(
                 )
             time.sleep(POLL_INTERVAL)
     raise ServerStartError(
-        f"{name} exited during start-up {attempts} times:\n" + "\n---\n".join(failures)
+        f"{name} could not get a free port in {attempts} attempts:\n" + "\n---\n".join(failures)
     )
 
 
@@ -376,3 +382,60 @@ class ThreadedHTTPServerHandle:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"{self.name}: server thread still running"
         assert_port_closed(self.port, timeout=timeout, name=self.name)
+
+
+# --- access logs ---------------------------------------------------------------------------
+
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request found in a server's access log."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+
+
+class AccessLog:
+    """Requests a server subprocess logged in the common ``"METHOD /path HTTP/1.1" 200`` form.
+
+    Both werkzeug (moto) and :mod:`http.server` (the GCS emulator) write that line before
+    they send the response body, so once a client has its answer the line is in the log.
+    ``reset()`` moves a mark to the end of the log; ``requests()`` returns what came after.
+    """
+
+    def __init__(self, process: ManagedProcess, ignore_prefixes: tuple[str, ...] = ()) -> None:
+        self._process = process
+        self._ignore = ignore_prefixes
+        self._mark = 0
+
+    def reset(self) -> None:
+        """Forget the requests logged so far."""
+        self._mark = self._process.log_path.stat().st_size
+
+    def requests(self) -> list[LoggedRequest]:
+        """Requests logged since the last :meth:`reset`, minus the ignored path prefixes."""
+        with self._process.log_path.open("rb") as log:
+            log.seek(self._mark)
+            text = log.read().decode("utf-8", errors="replace")
+        found: list[LoggedRequest] = []
+        for match in _ACCESS_LINE.finditer(text):
+            target = urlsplit(match["target"])
+            path = unquote(target.path)
+            if not path.startswith(self._ignore):
+                found.append(
+                    LoggedRequest(match["method"], path, target.query, int(match["status"]))
+                )
+        return found
+
+    def count(self, method: str | None = None, path_prefix: str | None = None) -> int:
+        """Number of :meth:`requests` with this method and/or path prefix."""
+        return sum(
+            1
+            for r in self.requests()
+            if (method is None or r.method == method.upper())
+            and (path_prefix is None or r.path.startswith(path_prefix))
+        )
