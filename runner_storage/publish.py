@@ -238,6 +238,9 @@ class Publisher:
             built = await backend.materialize(revision, staging, self._previous(current))
             revision, files, size = built.revision, built.files_fetched, built.bytes_fetched
             if self._is_published(state, current, revision):
+                # Only fetching could tell (blocks): drop the identical copy now, not at the
+                # next pull, so an unchanged source never holds a second tree on disk.
+                await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
                 return self._record_unchanged(state, revision, started)
             await anyio.to_thread.run_sync(check_contained, staging)
             if verify is not None:

@@ -109,7 +109,8 @@ def _settings_for_step(value: Any, *, path: str, key: str | None = None) -> Any:
         }
     if isinstance(value, list | tuple):
         return [_settings_for_step(v, path=f"{path}[{i}]", key=key) for i, v in enumerate(value)]
-    if is_secret_like(value):
+    if is_secret_like(value) or callable(getattr(value, "get_block_placeholder", None)):
+        # Prefect writes every saved block (credentials blocks too) as its placeholder.
         return secret_placeholder(value, what=path)
     if isinstance(value, str) and key in SENSITIVE_SETTING_KEYS and "{{" not in value:
         secret_placeholder(value, what=path)  # raises: a plain secret
