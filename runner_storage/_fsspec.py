@@ -1,0 +1,508 @@
+"""The fsspec boundary of RemoteStorage: protocols, filesystems, listings, transfers, errors.
+
+Everything that knows how s3fs, gcsfs, adlfs or fsspec's HTTP filesystem behave lives
+here, so :mod:`runner_storage.remote` reads as list -> plan -> apply. Third-party errors
+are translated in one place, :func:`translate_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import fsspec
+from fsspec.asyn import AsyncFileSystem
+from fsspec.asyn import sync as run_on_loop
+from fsspec.registry import known_implementations
+from fsspec.spec import AbstractFileSystem
+
+from runner_storage.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    MissingDependencyError,
+    NotFoundError,
+    RunnerStorageError,
+    SourceError,
+    TransientSourceError,
+)
+from runner_storage.plan import Entry, is_directory_marker, safe_relative_path
+from runner_storage.publish import disk_error
+
+__all__ = [
+    "Listing",
+    "check_protocol",
+    "download_all",
+    "filesystem",
+    "list_tree",
+    "open_filesystem",
+    "required_package",
+    "translate_error",
+]
+
+#: The extra of runner-storage that installs each cloud protocol's package.
+EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "adl": "azure",
+}
+
+#: Info fields that identify an object's content, best first: S3 ETag, adlfs etag, GCS
+#: md5Hash (crc32c for composite objects), HTTP validators, local and memory timestamps.
+TOKEN_FIELDS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "crc32c",
+    "generation",
+    "Content-MD5",
+    "Last-Modified",
+    "LastModified",
+    "last_modified",
+    "mtime",
+    "created",
+)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A resolved listing: the entries to publish and the remote name of each path."""
+
+    entries: tuple[Entry, ...]
+    remote: Mapping[str, str]
+
+
+# --- protocols and filesystems -------------------------------------------------------------
+
+
+def _known(protocol: str) -> bool:
+    return protocol in fsspec.registry or protocol in known_implementations
+
+
+def check_protocol(url: str) -> str:
+    """Return the protocol of ``url`` after checking that fsspec knows it.
+
+    Raises:
+        ConfigurationError: the URL is empty, unparseable, chained, has no scheme, or
+            names a protocol fsspec does not know.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError("the RemoteStorage URL is empty: give one like s3://bucket/path")
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot parse the RemoteStorage URL: {exc}") from None
+    if "::" in url.split("://", 1)[0]:
+        raise ConfigurationError(
+            f"chained fsspec URLs like {url.split('::', 1)[0]}::... are not supported: give"
+            " the storage URL itself"
+        )
+    if not scheme:
+        raise ConfigurationError(
+            "the RemoteStorage URL has no scheme: give one like s3://bucket/path, or use"
+            " LocalStorage for a local folder"
+        )
+    if not _known(scheme):
+        raise ConfigurationError(
+            f"unknown protocol {scheme}:// for RemoteStorage: use one fsspec knows, such as"
+            " s3://, gs://, az://, https:// or memory://"
+        )
+    return scheme
+
+
+def required_package(protocol: str) -> str | None:
+    """The package that implements ``protocol``, for a pull step's ``requires``.
+
+    Prefect's rule (the top-level package of the fsspec implementation), made independent
+    of what happens to be imported; None for fsspec's own implementations, which every
+    Prefect installation has.
+    """
+    known = known_implementations.get(protocol)
+    if known is not None:
+        package = str(known["class"]).split(".", 1)[0]
+    elif protocol in fsspec.registry:
+        package = fsspec.registry[protocol].__module__.split(".", 1)[0]
+    else:
+        return None
+    return None if package == "fsspec" else package
+
+
+def open_filesystem(protocol: str, settings: Mapping[str, Any]) -> AbstractFileSystem:
+    """A new filesystem for one pull: resolved settings, no instance or listings cache.
+
+    Raises:
+        MissingDependencyError: the protocol's package is not installed; the message names
+            the extra that installs it.
+        ConfigurationError: the filesystem rejected the settings.
+    """
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ImportError:
+        raise _missing_dependency(protocol) from None
+    try:
+        # A new instance per pull, and no listings cache: every pull must see the store as
+        # it is now, with the credentials of now.
+        fs: AbstractFileSystem = cls(
+            **{**settings, "skip_instance_cache": True, "use_listings_cache": False}
+        )
+    except (TypeError, ValueError) as exc:
+        # Only setting names are shown: values may be secrets.
+        raise ConfigurationError(
+            f"{protocol}:// rejected the settings {sorted(settings)}: {type(exc).__name__};"
+            " check the names against the filesystem's documentation"
+        ) from None
+    return fs
+
+
+@contextlib.contextmanager
+def filesystem(protocol: str, settings: Mapping[str, Any]) -> Iterator[AbstractFileSystem]:
+    """:func:`open_filesystem`, closing its connections when the block ends.
+
+    fsspec's async filesystems hold themselves in a reference cycle and close their HTTP
+    sessions from ``weakref.finalize`` callbacks, so without this a pull's connections
+    would stay open until the garbage collector finds the cycle. Running those callbacks
+    here is what collection would do later; each runs at most once.
+    """
+    fs = open_filesystem(protocol, settings)
+    try:
+        yield fs
+    finally:
+        registry: Mapping[Any, Any] = getattr(weakref.finalize, "_registry", {})
+        for finalizer, info in list(registry.items()):
+            if info.weakref() is fs:
+                with contextlib.suppress(Exception):
+                    finalizer()
+
+
+def _missing_dependency(protocol: str) -> MissingDependencyError:
+    extra = EXTRAS.get(protocol)
+    package = required_package(protocol) or protocol
+    install = f"pip install 'runner-storage[{extra}]'" if extra else f"pip install {package}"
+    return MissingDependencyError(
+        f"the {protocol}:// protocol needs the {package} package, which is not installed: {install}"
+    )
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
+    """List everything under ``url`` with one recursive listing; no object is read.
+
+    A URL that names a single object lists that object, published under its basename.
+    HTTP directory pages carry no sizes, so those are completed with one HEAD each.
+
+    Raises:
+        UnsafeContentError: a key would leave the version, or keys conflict.
+        SourceError: the source does not report an object's size.
+        Exception: whatever the filesystem raised (translate with :func:`translate_error`).
+    """
+    path = fs._strip_protocol(url)
+    kwargs: dict[str, Any] = {}
+    if _generic_find(fs):
+        # The generic walker swallows listing errors (a 403 would read as "empty").
+        kwargs["on_error"] = "raise"
+    found = fs.find(path, detail=True, **kwargs)
+    if isinstance(found, list):
+        # adlfs answers a blob's own URL with a list of names, whatever ``detail`` says.
+        found = {name: fs.info(name) for name in found}
+    infos = {
+        name: info
+        for name, info in found.items()
+        if info.get("type", "file") != "directory"
+        and not is_directory_marker(name, info.get("size"))
+    }
+    _complete_sizes(fs, infos, concurrency)
+
+    single = len(infos) == 1 and next(iter(infos)).rstrip("/") == path.rstrip("/")
+    if single and _is_http(fs) and str(next(iter(infos.values())).get("url", "")).endswith("/"):
+        # fsspec's HTTP listing takes any page that answers for a file; a page we were
+        # redirected to as a folder is an empty directory listing, not content.
+        infos, single = {}, False
+    prefix = path.rstrip("/").rsplit("/", 1)[0] if single else path
+    # HTTP listings hold links, percent-encoded; other stores list keys as they are.
+    decode = unquote if _is_http(fs) else _same
+    entries: list[Entry] = []
+    remote: dict[str, str] = {}
+    for name, info in sorted(infos.items()):
+        relative = safe_relative_path(decode(name), decode(prefix))
+        size = info.get("size")
+        if not isinstance(size, int):
+            raise SourceError(
+                f"the source does not report the size of {relative!r}, so a download cannot"
+                " be checked; serve it with a Content-Length"
+            )
+        entries.append(Entry(relative, size, _token(info)))
+        remote[relative] = name
+    return Listing(tuple(entries), remote)
+
+
+def _is_http(fs: AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    return "http" in protocols
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _generic_find(fs: AbstractFileSystem) -> bool:
+    if isinstance(fs, AsyncFileSystem):
+        return type(fs)._find is AsyncFileSystem._find
+    return type(fs).find is AbstractFileSystem.find
+
+
+def _token(info: Mapping[str, Any]) -> str:
+    for field in TOKEN_FIELDS:
+        value = info.get(field)
+        if value not in (None, ""):
+            return f"{field}={value}"
+    return ""
+
+
+def _complete_sizes(fs: AbstractFileSystem, infos: dict[str, Any], concurrency: int) -> None:
+    missing = [name for name, info in infos.items() if info.get("size") is None]
+    if not missing:
+        return
+    if isinstance(fs, AsyncFileSystem):
+        details = run_on_loop(fs.loop, _info_all, fs, missing, concurrency)
+    else:
+        details = [fs.info(name) for name in missing]
+    for name, detail in zip(missing, details, strict=True):
+        infos[name] = {**infos[name], **detail}
+
+
+async def _info_all(fs: AsyncFileSystem, names: Sequence[str], concurrency: int) -> list[Any]:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(name: str) -> Any:
+        async with limit:
+            return await fs._info(name)
+
+    return list(await asyncio.gather(*(one(name) for name in names)))
+
+
+# --- transfers -----------------------------------------------------------------------------
+
+#: Extra ``get`` options per implementation package. gcsfs's default path asks for each
+#: object's metadata twice before reading it (3 requests instead of 1); its chunked reads
+#: only start above 100 MB anyway, far beyond the files of a code tree.
+_GET_OPTIONS: dict[str, dict[str, Any]] = {"gcsfs": {"concurrency": 1}}
+
+
+def download_all(
+    fs: AbstractFileSystem, pairs: Sequence[tuple[str, str]], concurrency: int
+) -> None:
+    """Download ``(remote, local)`` pairs, at most ``concurrency`` at a time.
+
+    Async filesystems get one ``get`` call that fsspec runs concurrently on its own loop,
+    reusing the filesystem's connection pool; others get a thread pool.
+    """
+    if not pairs:
+        return
+    remote = [r for r, _ in pairs]
+    local = [lp for _, lp in pairs]
+    if isinstance(fs, AsyncFileSystem):
+        options = _GET_OPTIONS.get(type(fs).__module__.split(".", 1)[0], {})
+        fs.get(remote, local, batch_size=concurrency, **options)
+        return
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="rs-get") as pool:
+        futures = [pool.submit(fs.get_file, r, lp) for r, lp in pairs]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in done:
+            future.result()  # raises the first failure
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Error codes (S3, Azure) and exception type names (botocore, aiohttp, azure-core,
+# google-auth), matched by name so that no optional package has to be imported here.
+_AUTH_CODES = _words(
+    "AccessDenied AccountProblem AllAccessDisabled AuthenticationFailed AuthorizationFailure"
+    " AuthorizationPermissionMismatch ExpiredToken InvalidAccessKeyId InvalidAuthenticationInfo"
+    " InvalidClientTokenId InvalidToken NotSignedUp RequestTimeTooSkewed SignatureDoesNotMatch"
+)
+_NOT_FOUND_CODES = _words("NoSuchBucket NoSuchKey ContainerNotFound BlobNotFound ResourceNotFound")
+_TRANSIENT_CODES = _words(
+    "InternalError OperationTimedOut RequestTimeout ServerBusy ServiceUnavailable SlowDown"
+    " Throttling ThrottlingException"
+)
+_AUTH_TYPES = _words(
+    "ClientAuthenticationError DefaultCredentialsError NoCredentialsError"
+    " PartialCredentialsError RefreshError"
+)
+_NOT_FOUND_TYPES = frozenset({"ResourceNotFoundError"})
+_TRANSIENT_TYPES = _words(
+    "ClientConnectionError ClientPayloadError ConnectTimeoutError ConnectionClosedError"
+    " EndpointConnectionError ReadTimeoutError ServerDisconnectedError ServiceRequestError"
+    " ServiceResponseError"
+)
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EBUSY,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        getattr(errno, "EREMOTEIO", errno.EIO),
+    }
+)
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _type_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):  # botocore
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    for attribute in ("status", "status_code", "code"):  # aiohttp, azure, gcsfs
+        value = getattr(exc, attribute, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    return None
+
+
+def _error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):  # botocore
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    code = getattr(exc, "error_code", None)  # azure
+    return str(code) if code else None
+
+
+def _kind_of(exc: BaseException) -> str | None:
+    names = _type_names(exc)
+    code = _error_code(exc)
+    status = _status(exc)
+    if names & _AUTH_TYPES or code in _AUTH_CODES or status in (401, 403):
+        return "auth"
+    if isinstance(exc, PermissionError):
+        return "auth"
+    if isinstance(exc, OSError) and str(exc).startswith("Forbidden"):  # gcsfs's 403
+        return "auth"
+    if names & _NOT_FOUND_TYPES or code in _NOT_FOUND_CODES or status == 404:
+        return "not_found"
+    if isinstance(exc, FileNotFoundError):
+        return "not_found"
+    if names & _TRANSIENT_TYPES or code in _TRANSIENT_CODES:
+        return "transient"
+    if status is not None and (status in (408, 429) or status >= 500):
+        return "transient"
+    if isinstance(exc, TimeoutError | ConnectionError | asyncio.TimeoutError):
+        return "transient"
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return "transient"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _local_path(exc: OSError, staging: Path | None) -> str | None:
+    if staging is None:
+        return None
+    root = os.fspath(staging)
+    for name in (exc.filename, exc.filename2):
+        if isinstance(name, str | os.PathLike) and os.fspath(name).startswith(root):
+            return os.fspath(name)
+    return None
+
+
+def translate_error(
+    exc: Exception,
+    *,
+    where: str,
+    redact: Callable[[str], str],
+    staging: Path | None = None,
+    downloading: bool = False,
+) -> tuple[RunnerStorageError, bool]:
+    """Translate a filesystem error into ours, once, with a one-line redacted message.
+
+    Args:
+        exc: what the filesystem (or the local disk) raised.
+        where: the redacted URL of the source.
+        redact: removes secret values from text.
+        staging: the directory being built; an OSError about a path inside it is local.
+        downloading: whether the error happened while downloading listed objects (a
+            missing object then means it changed upstream, which is transient).
+
+    Returns:
+        The error to raise, and whether chaining ``exc`` to it is safe (False when the
+        original could carry a secret).
+    """
+    if isinstance(exc, RunnerStorageError):
+        return exc, True
+    if isinstance(exc, OSError):
+        local = _local_path(exc, staging)
+        if local is not None or exc.errno in _DISK_ERRNOS:
+            return disk_error(f"cannot write {local or 'the new version'}", exc), True
+    kind = next((k for k in map(_kind_of, _chain(exc)) if k is not None), None)
+    detail = redact(_describe(exc))
+    leaks = any(redact(str(e)) != str(e) for e in _chain(exc))
+    error: RunnerStorageError
+    if kind == "auth":
+        error = AuthenticationError(
+            f"access to {where} was denied ({detail}): check the credentials and the"
+            " permissions on the bucket or container"
+        )
+        return error, False
+    if kind == "not_found" and downloading:
+        error = TransientSourceError(
+            f"an object under {where} disappeared while downloading ({detail}): the next"
+            " pull lists again (nothing was published)"
+        )
+    elif kind == "not_found":
+        error = NotFoundError(
+            f"{where} was not found ({detail}): check the bucket or container and the path"
+            " in the URL"
+        )
+    elif kind == "transient":
+        error = TransientSourceError(
+            f"cannot reach {where} ({detail}): the source may be down or throttling; the"
+            " pull will be retried"
+        )
+    else:
+        error = SourceError(f"pulling {where} failed ({detail})")
+    return error, not leaks

@@ -1,0 +1,1325 @@
+"""RemoteStorage against real servers: moto (S3), the GCS emulator, Azurite, HTTP, file, memory.
+
+Behaviours that every object store must share run once per source kind (the ``source``
+fixture); behaviours that need a particular server (credentials, request counts, failure
+injection) run where that server can show them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib
+import inspect
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from servers.azurite import AzuriteServer
+from servers.gcs import GCSServer
+from servers.http_files import HTTPFileServer
+from servers.s3 import S3Server
+from typing_extensions import override  # pydantic's dependency; typing has it from 3.12
+
+from runner_storage import _fsspec
+from runner_storage.base import Revision, SyncResult
+from runner_storage.credentials import Secret
+from runner_storage.exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    CredentialsError,
+    MissingDependencyError,
+    NotFoundError,
+    PublishError,
+    RunnerStorageError,
+    SourceError,
+    TransientSourceError,
+    UnsafeContentError,
+)
+from runner_storage.publish import Backend, Materialized, PreviousVersion
+from runner_storage.remote import RemoteStorage
+from runner_storage.state import METADATA_DIR
+
+# --- an in-process filesystem that counts object reads -------------------------------------
+
+
+class CountingMemoryFileSystem(MemoryFileSystem):  # type: ignore[misc]  # fsspec is untyped
+    """fsspec's memory filesystem (same store) under ``countmem://``, recording reads.
+
+    ``fail_downloads_with`` makes every download raise that error for the local path, the
+    way a full disk would, without mocking the filesystem under test.
+    """
+
+    protocol = ("countmem",)
+    reads: ClassVar[list[str]] = []
+    fail_downloads_with: ClassVar[int | None] = None
+
+    @override
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, str):
+            path = path.removeprefix("countmem://")
+        return super()._strip_protocol(path)
+
+    @override
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" in mode:
+            type(self).reads.append(self._strip_protocol(path))
+        return super()._open(path, mode, **kwargs)
+
+    @override
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kw: Any
+    ) -> Any:
+        type(self).reads.append(self._strip_protocol(path))
+        return super().cat_file(path, start, end, **kw)
+
+    @override
+    def get_file(self, rpath: str, lpath: str, *args: Any, **kwargs: Any) -> Any:
+        code = type(self).fail_downloads_with
+        if code is not None:
+            raise OSError(code, os.strerror(code), lpath)
+        return super().get_file(rpath, lpath, *args, **kwargs)
+
+
+fsspec.register_implementation("countmem", CountingMemoryFileSystem, clobber=True)
+
+
+# --- sources: one upstream per kind, fresh per test ----------------------------------------
+
+
+class Source:
+    """One upstream under test: its URLs, settings, and how to change and observe it.
+
+    Paths are relative to a root of the test's own (a fresh bucket, container, directory).
+    """
+
+    kind: str = ""
+    #: object stores keep "directory marker" keys (``a/``); file systems cannot
+    has_markers: bool = False
+    #: whether the server stores empty objects (the GCS emulator drops the connection)
+    accepts_empty: bool = True
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` under the root."""
+        raise NotImplementedError
+
+    def missing_root_url(self) -> str:
+        """A URL whose bucket, container or top folder does not exist."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """The fsspec settings that reach the source."""
+        return {}
+
+    def put(self, path: str, data: bytes) -> None:
+        """Create or overwrite the object at ``path``."""
+        raise NotImplementedError
+
+    def delete(self, path: str) -> None:
+        """Delete the object at ``path``."""
+        raise NotImplementedError
+
+    def reset_counts(self) -> None:
+        """Start counting requests and reads from now."""
+
+    def reads(self) -> list[str] | None:
+        """Paths of objects read since :meth:`reset_counts`; None if this source cannot tell."""
+        return None
+
+    def requests(self) -> int | None:
+        """Requests served since :meth:`reset_counts`; None if this source cannot tell."""
+        return None
+
+    def storage(self, path: str = "flows", **options: Any) -> RemoteStorage:
+        """A RemoteStorage of ``path`` with this source's settings."""
+        return RemoteStorage(self.url(path), **{**self.settings(), **options})
+
+
+class S3Source(Source):
+    """A fresh bucket on the session's moto server."""
+
+    kind = "s3"
+    has_markers = True
+
+    def __init__(self, server: S3Server) -> None:
+        self.server = server
+        self.bucket = server.new_bucket()
+
+    @override
+    def url(self, path: str) -> str:
+        return f"s3://{self.bucket}/{path}"
+
+    @override
+    def missing_root_url(self) -> str:
+        return f"s3://missing-{uuid.uuid4().hex[:12]}/flows"
+
+    @override
+    def settings(self) -> dict[str, Any]:
+        return self.server.storage_options()
+
+    @override
+    def put(self, path: str, data: bytes) -> None:
+        self.server.put(self.bucket, path, data)
+
+    @override
+    def delete(self, path: str) -> None:
+        self.server.delete(self.bucket, path)
+
+    @override
+    def reset_counts(self) -> None:
+        self.server.reset_requests()
+
+    @override
+    def reads(self) -> list[str]:
+        prefix = f"/{self.bucket}/"
+        return sorted(
+            r.path[len(prefix) :]
+            for r in self.server.requests()
+            if r.method == "GET" and r.path.startswith(prefix) and len(r.path) > len(prefix)
+        )
+
+    @override
+    def requests(self) -> int:
+        return len(self.server.requests())
+
+
+class GCSSource(Source):
+    """A fresh bucket on the session's GCS emulator."""
+
+    kind = "gs"
+    accepts_empty = False
+
+    def __init__(self, server: GCSServer) -> None:
+        self.server = server
+        self.bucket = server.new_bucket()
+
+    @override
+    def url(self, path: str) -> str:
+        return f"gs://{self.bucket}/{path}"
+
+    @override
+    def missing_root_url(self) -> str:
+        return f"gs://missing-{uuid.uuid4().hex[:12]}/flows"
+
+    @override
+    def settings(self) -> dict[str, Any]:
+        return self.server.storage_options()
+
+    @override
+    def put(self, path: str, data: bytes) -> None:
+        self.server.put(self.bucket, path, data)
+
+    @override
+    def delete(self, path: str) -> None:
+        self.server.delete(self.bucket, path)
+
+    @override
+    def reset_counts(self) -> None:
+        self.server.reset_requests()
+
+    @override
+    def reads(self) -> list[str]:
+        return sorted(
+            r.path.split(f"/b/{self.bucket}/o/", 1)[1]
+            for r in self.server.requests()
+            if "alt=media" in r.query
+        )
+
+    @override
+    def requests(self) -> int:
+        return len(self.server.requests())
+
+
+class AzureRequestLog(logging.Handler):
+    """Requests the Azure SDK sends, read from its HTTP logging policy.
+
+    Azurite keeps no access log, so the client's own record of each request stands in.
+    """
+
+    LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+    _LINE = re.compile(r"Request URL: '(?P<url>[^']*)'\nRequest method: '(?P<method>[A-Z]+)'")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: list[tuple[str, str]] = []
+
+    @override
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._LINE.match(record.getMessage())
+        if match:
+            self.seen.append((match["method"], match["url"]))
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[AzureRequestLog]:
+        """Record requests inside the block."""
+        logger = logging.getLogger(self.LOGGER)
+        level = logger.level
+        logger.addHandler(self)
+        logger.setLevel(logging.INFO)
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+
+
+class AzureSource(Source):
+    """A fresh container on the session's Azurite."""
+
+    kind = "az"
+
+    def __init__(self, server: AzuriteServer, log: AzureRequestLog | None = None) -> None:
+        self.server = server
+        self.container = server.new_container()
+        self.log = log
+
+    @override
+    def url(self, path: str) -> str:
+        return f"az://{self.container}/{path}"
+
+    @override
+    def missing_root_url(self) -> str:
+        return f"az://missing-{uuid.uuid4().hex[:12]}/flows"
+
+    @override
+    def settings(self) -> dict[str, Any]:
+        return self.server.storage_options()
+
+    @override
+    def put(self, path: str, data: bytes) -> None:
+        self.server.put(self.container, path, data)
+
+    @override
+    def delete(self, path: str) -> None:
+        self.server.delete(self.container, path)
+
+    @override
+    def reset_counts(self) -> None:
+        if self.log is not None:
+            self.log.seen.clear()
+
+    @override
+    def reads(self) -> list[str] | None:
+        if self.log is None:
+            return None
+        prefix = f"{self.server.blob_endpoint}/{self.container}/"
+        return sorted(
+            url[len(prefix) :]
+            for method, url in self.log.seen
+            if method == "GET" and url.startswith(prefix) and "?" not in url
+        )
+
+    @override
+    def requests(self) -> int | None:
+        return None if self.log is None else len(self.log.seen)
+
+
+class HTTPSource(Source):
+    """The test's own HTTP file server, serving a fresh directory."""
+
+    kind = "http"
+
+    def __init__(self, server: HTTPFileServer) -> None:
+        self.server = server
+
+    @override
+    def url(self, path: str) -> str:
+        return self.server.url_for(path)
+
+    @override
+    def missing_root_url(self) -> str:
+        return self.server.url_for("missing/")
+
+    @override
+    def put(self, path: str, data: bytes) -> None:
+        self.server.write(path, data)
+
+    @override
+    def delete(self, path: str) -> None:
+        (self.server.root / path).unlink()
+
+    @override
+    def reset_counts(self) -> None:
+        self.server.reset_requests()
+
+    @override
+    def reads(self) -> list[str]:
+        with self.server.lock:
+            seen = list(self.server.requests)
+        return sorted(
+            path.lstrip("/")
+            for method, path in seen
+            if method == "GET" and (self.server.root / path.lstrip("/")).is_file()
+        )
+
+
+class FileSource(Source):
+    """A fresh local directory, read through ``file://``."""
+
+    kind = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+
+    @override
+    def url(self, path: str) -> str:
+        return f"file://{self.root}/{path}"
+
+    @override
+    def missing_root_url(self) -> str:
+        return f"file://{self.root}-missing/flows"
+
+    @override
+    def put(self, path: str, data: bytes) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    @override
+    def delete(self, path: str) -> None:
+        (self.root / path).unlink()
+
+
+class MemorySource(Source):
+    """A fresh folder of fsspec's memory store, read through ``countmem://``."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.top = f"t{uuid.uuid4().hex[:12]}"
+        self.fs = fsspec.filesystem("memory")
+
+    @override
+    def url(self, path: str) -> str:
+        return f"countmem://{self.top}/{path}"
+
+    @override
+    def missing_root_url(self) -> str:
+        return f"countmem://missing-{self.top}/flows"
+
+    @override
+    def put(self, path: str, data: bytes) -> None:
+        self.fs.pipe(f"/{self.top}/{path}", data)
+
+    @override
+    def delete(self, path: str) -> None:
+        self.fs.rm(f"/{self.top}/{path}")
+
+    @override
+    def reset_counts(self) -> None:
+        CountingMemoryFileSystem.reads.clear()
+
+    def remove(self) -> None:
+        """Drop this source's folder from the process-wide memory store."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(f"/{self.top}", recursive=True)
+
+    @override
+    def reads(self) -> list[str]:
+        prefix = f"/{self.top}/"
+        return sorted(
+            p[len(prefix) :] for p in CountingMemoryFileSystem.reads if p.startswith(prefix)
+        )
+
+
+SOURCE_KINDS = ["s3", "gs", "az", "http", "file", "memory"]
+
+
+def make_source(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Source:
+    """A fresh source of ``kind``, starting its server (session-wide) on first use."""
+    if kind == "s3":
+        return S3Source(request.getfixturevalue("s3_server"))
+    if kind == "gs":
+        return GCSSource(request.getfixturevalue("gcs_server"))
+    if kind == "az":
+        log = AzureRequestLog()
+        stack = contextlib.ExitStack()
+        stack.enter_context(log.installed())
+        request.addfinalizer(stack.close)
+        return AzureSource(request.getfixturevalue("azurite_server"), log)
+    if kind == "http":
+        return HTTPSource(request.getfixturevalue("http_file_server"))
+    if kind == "file":
+        return FileSource(tmp_path / "upstream")
+    memory = MemorySource()
+    request.addfinalizer(memory.remove)
+    return memory
+
+
+@pytest.fixture(params=SOURCE_KINDS)
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Source:
+    """Every kind of source in turn."""
+    return make_source(request.param, request, tmp_path)
+
+
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Source:
+    """A fresh bucket on the session's moto server."""
+    return S3Source(s3_server)
+
+
+@pytest.fixture
+def memory() -> Iterator[MemorySource]:
+    """A fresh folder in the in-process memory filesystem, read through ``countmem://``."""
+    source = MemorySource()
+    yield source
+    source.remove()
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    """The base path storages publish under."""
+    return tmp_path / "base"
+
+
+@pytest.fixture(autouse=True)
+def _clean_counting_filesystem() -> Iterator[None]:
+    CountingMemoryFileSystem.fail_downloads_with = None
+    yield
+    CountingMemoryFileSystem.fail_downloads_with = None
+    CountingMemoryFileSystem.reads.clear()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+TREE = {
+    "flows/a.txt": b"alpha\n",
+    "flows/keep.py": b"print('keep')\n",
+    "flows/sub/b.py": b"B = 1\n",
+    "flows/sub/deep/c.cfg": b"[c]\n",
+    "flows/gone.txt": b"to be deleted\n",
+    "flows/empty.txt": b"",
+}
+OUTSIDE = {"other/x.txt": b"not ours\n", "flows2/y.txt": b"sibling prefix\n"}
+
+
+def upload(source: Source, files: dict[str, bytes]) -> dict[str, bytes]:
+    """Put every file of ``files`` into ``source``; return what was put.
+
+    Empty files are left out on sources that cannot store them.
+    """
+    stored = {k: v for k, v in files.items() if v or source.accepts_empty}
+    for path, data in stored.items():
+        source.put(path, data)
+    return stored
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under ``root`` (symlink followed), by relative POSIX path."""
+    real = root.resolve()
+    return {
+        path.relative_to(real).as_posix(): path.read_bytes()
+        for path in sorted(real.rglob("*"))
+        if path.is_file()
+    }
+
+
+def under(files: dict[str, bytes], prefix: str) -> dict[str, bytes]:
+    """The entries of ``files`` below ``prefix/``, relative to it."""
+    return {k[len(prefix) + 1 :]: v for k, v in files.items() if k.startswith(prefix + "/")}
+
+
+def pull(storage: RemoteStorage) -> SyncResult:
+    """Run one pull."""
+    return anyio.run(storage.pull_code)
+
+
+def state_text(storage: RemoteStorage, base: Path) -> str:
+    """The raw ``state.json`` of ``storage`` under ``base``."""
+    return (base / METADATA_DIR / storage.name / "state.json").read_text(encoding="utf-8")
+
+
+def leftovers(base: Path, storage: RemoteStorage) -> list[Path]:
+    """Anything left in the staging area of ``storage``."""
+    staging = base / METADATA_DIR / storage.name / "staging"
+    return list(staging.rglob("*")) if staging.exists() else []
+
+
+class ChangeAfterResolve:
+    """A backend that runs ``change`` between resolving and materialising, as a race would."""
+
+    def __init__(self, inner: Backend, change: Callable[[], None]) -> None:
+        self.inner = inner
+        self.change = change
+
+    async def resolve(self) -> Revision | None:
+        """Resolve through the real backend, then change the source."""
+        revision = await self.inner.resolve()
+        self.change()
+        return revision
+
+    async def materialize(
+        self, revision: Revision | None, staging: Path, previous: PreviousVersion | None
+    ) -> Materialized:
+        """Materialise through the real backend."""
+        return await self.inner.materialize(revision, staging, previous)
+
+
+def sync_racing(storage: RemoteStorage, change: Callable[[], None]) -> SyncResult:
+    """Pull ``storage`` with ``change`` applied upstream after the listing."""
+    backend = ChangeAfterResolve(storage._backend(), change)
+    return anyio.run(storage.publisher.sync, backend)
+
+
+# --- behaviour on every kind of source -----------------------------------------------------
+
+
+class TestPullEverywhere:
+    """The sync contract, on s3, gs, az, http, file and memory alike."""
+
+    def test_cold_pull_publishes_the_exact_tree(self, source: Source, base: Path) -> None:
+        """A first pull publishes exactly the objects under the prefix, nothing beside it."""
+        stored = upload(source, {**TREE, **OUTSIDE})
+        if source.has_markers:
+            source.put("flows/marker/", b"")
+        storage = source.storage()
+        storage.set_base_path(base)
+
+        result = pull(storage)
+
+        expected = under(stored, "flows")
+        assert tree(storage.destination) == expected
+        assert storage.destination.is_symlink()
+        assert result.changed
+        assert result.files_fetched == len(expected)
+        assert result.bytes_fetched == sum(len(v) for v in expected.values())
+        assert leftovers(base, storage) == []
+
+    def test_noop_pull_reads_no_object(self, source: Source, base: Path) -> None:
+        """A pull with nothing changed upstream lists once, reads nothing, publishes nothing."""
+        upload(source, TREE)
+        storage = source.storage()
+        storage.set_base_path(base)
+        first = pull(storage)
+        live = storage.destination.resolve()
+        source.reset_counts()
+
+        again = pull(storage)
+
+        assert not again.changed
+        assert (again.revision, again.files_fetched, again.bytes_fetched) == (first.revision, 0, 0)
+        assert storage.destination.resolve() == live
+        assert source.reads() in ([], None)
+        if source.kind in ("s3", "gs"):
+            assert source.requests() == 1  # exactly one listing request
+        if source.kind == "az":
+            assert source.requests() == 2  # adlfs asks whether the URL is a blob, then lists
+
+    def test_small_change_moves_only_what_changed(self, source: Source, base: Path) -> None:
+        """Modified and added objects are downloaded, deleted ones vanish, the rest is linked."""
+        stored = upload(source, TREE)
+        storage = source.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        old = storage.destination.resolve()
+        old_tree = tree(old)
+        source.put("flows/a.txt", b"alpha, second edition\n")
+        source.put("flows/sub/new.py", b"NEW = True\n")
+        source.delete("flows/gone.txt")
+        source.reset_counts()
+
+        result = pull(storage)
+
+        new = storage.destination.resolve()
+        expected = under(stored, "flows")
+        expected.update({"a.txt": b"alpha, second edition\n", "sub/new.py": b"NEW = True\n"})
+        del expected["gone.txt"]
+        assert result.changed
+        assert new != old
+        assert tree(new) == expected
+        assert (result.files_fetched, result.bytes_fetched) == (2, 22 + 11)
+        assert source.reads() in (["flows/a.txt", "flows/sub/new.py"], None)
+        for unchanged in set(expected) - {"a.txt", "sub/new.py"}:
+            assert (new / unchanged).stat().st_ino == (old / unchanged).stat().st_ino
+        assert tree(old) == old_tree  # the previous version is untouched
+
+    def test_single_object_url_publishes_that_file(self, source: Source, base: Path) -> None:
+        """A URL naming one object publishes that object alone, under its basename."""
+        upload(source, TREE)
+        storage = source.storage("flows/sub/b.py")
+        storage.set_base_path(base)
+
+        result = pull(storage)
+
+        assert tree(storage.destination) == {"b.py": b"B = 1\n"}
+        assert result.files_fetched == 1
+        assert storage.destination == base / storage.name
+        assert storage.name.endswith("flows/sub/b.py")
+
+    def test_emptied_prefix_keeps_the_published_tree(self, source: Source, base: Path) -> None:
+        """When every object is gone the pull fails as not found; the last tree stays live."""
+        upload(source, {"flows/a.txt": b"alpha\n"})
+        storage = source.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        live = storage.destination.resolve()
+        source.delete("flows/a.txt")
+
+        with pytest.raises(NotFoundError, match="never published"):
+            pull(storage)
+
+        assert storage.destination.resolve() == live
+        assert tree(live) == {"a.txt": b"alpha\n"}
+        assert "not" in json.loads(state_text(storage, base))["last_error"]
+
+    def test_missing_bucket_or_folder_is_not_found(self, source: Source, base: Path) -> None:
+        """A bucket, container or folder that does not exist raises NotFoundError."""
+        storage = RemoteStorage(source.missing_root_url(), **source.settings())
+        storage.set_base_path(base)
+
+        with pytest.raises(NotFoundError) as caught:
+            pull(storage)
+
+        assert "\n" not in str(caught.value)
+        assert not os.path.lexists(storage.destination)
+
+
+# --- memory:// itself, and the version-building details ------------------------------------
+
+
+class TestMemoryProtocol:
+    """The plain ``memory://`` protocol, as Prefect users write it."""
+
+    def test_memory_url_publishes_under_the_folder_name(self, base: Path) -> None:
+        """``memory://folder`` publishes at BASE/folder."""
+        folder = f"m{uuid.uuid4().hex[:10]}"
+        fs = fsspec.filesystem("memory")
+        fs.pipe(f"/{folder}/x/y.py", b"Y = 1\n")
+        storage = RemoteStorage(f"memory://{folder}")
+        storage.set_base_path(base)
+
+        pull(storage)
+
+        assert storage.destination == base / folder
+        assert tree(storage.destination) == {"x/y.py": b"Y = 1\n"}
+
+
+class TestBuildingVersions:
+    """How a new version is assembled: links, copies, verification."""
+
+    def test_cross_device_link_falls_back_to_copy(
+        self, memory: MemorySource, base: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When hard links are impossible unchanged files are copied, not downloaded."""
+        upload(memory, {"flows/a.txt": b"a\n", "flows/b.txt": b"b\n"})
+        storage = memory.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        old = storage.destination.resolve()
+        memory.put("flows/b.txt", b"b2\n")
+
+        def no_links(source: Any, target: Any) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr("runner_storage.remote.os.link", no_links)
+        memory.reset_counts()
+        result = pull(storage)
+
+        new = storage.destination.resolve()
+        assert tree(new) == {"a.txt": b"a\n", "b.txt": b"b2\n"}
+        assert (new / "a.txt").stat().st_ino != (old / "a.txt").stat().st_ino
+        assert result.files_fetched == 1
+        assert memory.reads() == ["flows/b.txt"]
+
+    def test_damaged_previous_file_is_downloaded_again(
+        self, memory: MemorySource, base: Path
+    ) -> None:
+        """A previous file whose size no longer matches is fetched, not linked."""
+        upload(memory, {"flows/a.txt": b"alpha\n", "flows/b.txt": b"b\n"})
+        storage = memory.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        old = storage.destination.resolve()
+        (old / "a.txt").write_bytes(b"tampered with locally\n")
+        memory.put("flows/b.txt", b"b2\n")
+
+        result = pull(storage)
+
+        assert tree(storage.destination) == {"a.txt": b"alpha\n", "b.txt": b"b2\n"}
+        assert result.files_fetched == 2
+
+    def test_transfer_concurrency_one_still_fetches_everything(
+        self, memory: MemorySource, base: Path
+    ) -> None:
+        """With one transfer at a time every object still arrives."""
+        files = {f"flows/d{i % 3}/f{i}.txt": f"{i}\n".encode() for i in range(20)}
+        upload(memory, files)
+        storage = memory.storage(transfer_concurrency=1)
+        storage.set_base_path(base)
+
+        result = pull(storage)
+
+        assert tree(storage.destination) == under(files, "flows")
+        assert result.files_fetched == 20
+
+
+# --- untrusted keys -------------------------------------------------------------------------
+
+#: Keys each server really stores: moto keeps anything; the GCS emulator refuses '..'; the
+#: Azure SDK rewrites backslashes to '/' and refuses '..'; a file name cannot hold '/'.
+HOSTILE = [
+    pytest.param("s3", "flows/../x.txt", id="s3-dotdot"),
+    pytest.param("s3", "flows//abs.txt", id="s3-absolute"),
+    pytest.param("s3", "flows/a\\b.txt", id="s3-backslash"),
+    pytest.param("s3", "flows/sub/../../x.txt", id="s3-nested-dotdot"),
+    pytest.param("gs", "flows//abs.txt", id="gs-absolute"),
+    pytest.param("gs", "flows/a\\b.txt", id="gs-backslash"),
+    pytest.param("az", "flows//abs.txt", id="az-absolute"),
+    pytest.param("file", "flows/a\\b.txt", id="file-backslash"),
+    pytest.param("memory", "flows/../x.txt", id="memory-dotdot"),
+]
+
+
+class TestHostileKeys:
+    """Object keys are untrusted: nothing is ever written outside the new version."""
+
+    @pytest.mark.parametrize(("kind", "key"), HOSTILE)
+    def test_hostile_key_is_refused(
+        self, kind: str, key: str, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> None:
+        """A key with '..', an absolute part or a backslash fails the pull, writing nothing."""
+        source = make_source(kind, request, tmp_path)
+        upload(source, {"flows/ok.txt": b"ok\n", key: b"evil\n"})
+        base = tmp_path / "deep" / "base"
+        storage = source.storage()
+        storage.set_base_path(base)
+        before = sorted(p for p in tmp_path.rglob("*") if "upstream" not in p.parts)
+
+        with pytest.raises(UnsafeContentError, match="nothing was published"):
+            pull(storage)
+
+        after = sorted(p for p in tmp_path.rglob("*") if "upstream" not in p.parts)
+        created = [p for p in after if p not in before]
+        ours = base / METADATA_DIR
+        assert all(p.is_relative_to(ours) or ours.is_relative_to(p) for p in created), created
+        assert not any(p.name in ("x.txt", "abs.txt") for p in after)
+        assert not os.path.lexists(storage.destination)
+
+    def test_file_and_directory_conflict_is_refused(self, s3: S3Source, base: Path) -> None:
+        """Keys ``a`` and ``a/b`` cannot both be published: the pull names them and stops."""
+        upload(s3, {"flows/a": b"file\n", "flows/a/b": b"nested\n"})
+        storage = s3.storage()
+        storage.set_base_path(base)
+
+        with pytest.raises(UnsafeContentError, match="'a' and 'a/b' conflict"):
+            pull(storage)
+
+
+# --- races with the upstream -----------------------------------------------------------------
+
+
+class TestUpstreamChangesDuringPull:
+    """An object that changes between the listing and its download never gets published."""
+
+    @pytest.mark.parametrize("kind", ["s3", "memory"])
+    def test_size_change_while_downloading_publishes_nothing(
+        self, kind: str, request: pytest.FixtureRequest, tmp_path: Path, base: Path
+    ) -> None:
+        """An object rewritten after the listing fails the pull; the last tree stays live."""
+        source = make_source(kind, request, tmp_path)
+        upload(source, {"flows/a.txt": b"alpha\n", "flows/b.txt": b"b\n"})
+        storage = source.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        live = storage.destination.resolve()
+        source.put("flows/b.txt", b"b, edited\n")
+
+        def rewrite() -> None:
+            source.put("flows/b.txt", b"b, edited again and longer\n")
+
+        with pytest.raises(TransientSourceError, match="changed while downloading"):
+            sync_racing(storage, rewrite)
+
+        assert storage.destination.resolve() == live
+        assert tree(live) == {"a.txt": b"alpha\n", "b.txt": b"b\n"}
+        assert leftovers(base, storage) == []
+
+    def test_object_deleted_while_downloading_is_transient(self, s3: S3Source, base: Path) -> None:
+        """An object deleted after the listing fails the pull as transient; nothing appears."""
+        upload(s3, {"flows/a.txt": b"alpha\n", "flows/b.txt": b"b\n"})
+        storage = s3.storage()
+        storage.set_base_path(base)
+
+        with pytest.raises(TransientSourceError, match="disappeared while downloading"):
+            sync_racing(storage, lambda: s3.delete("flows/b.txt"))
+
+        assert not os.path.lexists(storage.destination)
+        assert leftovers(base, storage) == []
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+class TestCredentials:
+    """Credentials are resolved at every pull and never shown."""
+
+    def test_wrong_s3_secret_is_an_authentication_error(
+        self,
+        s3: S3Source,
+        base: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A wrong secret is rejected by moto; the secret is absent from error, state and logs."""
+        upload(s3, {"flows/a.txt": b"alpha\n"})
+        wrong = "WrongSecret-" + uuid.uuid4().hex
+        monkeypatch.setenv("RS_TEST_S3_SECRET", wrong)
+        caplog.set_level(logging.DEBUG)
+        with s3.server.enable_auth() as (key, _):
+            storage = RemoteStorage(
+                s3.url("flows"),
+                key=key,
+                secret=Secret.from_env("RS_TEST_S3_SECRET"),
+                endpoint_url=s3.server.endpoint_url,
+            )
+            storage.set_base_path(base)
+            with pytest.raises(AuthenticationError) as caught:
+                pull(storage)
+
+        message = str(caught.value)
+        assert s3.url("flows") in message
+        assert "\n" not in message
+        assert caught.value.__cause__ is None
+        assert caught.value.__suppress_context__
+        for text in (message, state_text(storage, base), caplog.text, repr(storage)):
+            assert wrong not in text
+        assert not os.path.lexists(storage.destination)
+
+    def test_secret_from_env_is_read_at_every_pull(
+        self, s3: S3Source, base: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Rotating the variable between pulls takes effect without a new storage."""
+        upload(s3, {"flows/a.txt": b"alpha\n"})
+        with s3.server.enable_auth() as (key, secret):
+            storage = RemoteStorage(
+                s3.url("flows"),
+                key=key,
+                secret=Secret.from_env("RS_TEST_S3_SECRET"),
+                endpoint_url=s3.server.endpoint_url,
+            )
+            storage.set_base_path(base)
+            monkeypatch.setenv("RS_TEST_S3_SECRET", "not-the-secret")
+            with pytest.raises(AuthenticationError):
+                pull(storage)
+            monkeypatch.setenv("RS_TEST_S3_SECRET", secret)
+            assert pull(storage).changed
+            s3.put("flows/a.txt", b"alpha 2\n")
+            monkeypatch.setenv("RS_TEST_S3_SECRET", "rotated-away")
+            with pytest.raises(AuthenticationError):
+                pull(storage)
+
+        assert tree(storage.destination) == {"a.txt": b"alpha\n"}
+
+    def test_unset_secret_variable_fails_before_any_request(
+        self, s3: S3Source, base: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A secret whose variable is unset raises CredentialsError and contacts nobody."""
+        monkeypatch.delenv("RS_TEST_UNSET", raising=False)
+        storage = RemoteStorage(
+            s3.url("flows"),
+            key="k",
+            secret=Secret.from_env("RS_TEST_UNSET"),
+            endpoint_url=s3.server.endpoint_url,
+        )
+        storage.set_base_path(base)
+        s3.reset_counts()
+
+        with pytest.raises(CredentialsError, match="RS_TEST_UNSET"):
+            pull(storage)
+
+        assert s3.requests() == 0
+
+    def test_wrong_azure_key_is_an_authentication_error(
+        self,
+        azurite_server: AzuriteServer,
+        base: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Azurite rejects a wrong account key; the key is absent from error, state and logs."""
+        source = AzureSource(azurite_server)
+        upload(source, {"flows/a.txt": b"alpha\n"})
+        wrong = azurite_server.wrong_connection_string()
+        wrong_key = wrong.split("AccountKey=", 1)[1].split(";", 1)[0]
+        monkeypatch.setenv("RS_TEST_AZURE", wrong)
+        caplog.set_level(logging.DEBUG)
+        storage = RemoteStorage(
+            source.url("flows"), connection_string=Secret.from_env("RS_TEST_AZURE")
+        )
+        storage.set_base_path(base)
+
+        with pytest.raises(AuthenticationError) as caught:
+            pull(storage)
+
+        assert caught.value.__cause__ is None
+        for text in (str(caught.value), state_text(storage, base), caplog.text):
+            assert wrong_key not in text
+            assert wrong not in text
+
+    def test_plain_secret_settings_are_redacted(self, base: Path) -> None:
+        """A secret passed as plain text is still kept out of messages and state."""
+        storage = RemoteStorage(
+            "s3://bucket/flows",
+            key="AKIAEXAMPLE",
+            secret="plain-secret-value",
+            endpoint_url="http://127.0.0.1:9",
+        )
+        assert storage.redact("boom plain-secret-value boom") == "boom *** boom"
+        assert "plain-secret-value" not in repr(storage)
+
+
+# --- failures of the network and the local disk -----------------------------------------------
+
+
+class TestFailures:
+    """Failures are translated once, into errors that say what to do."""
+
+    def test_unreachable_s3_endpoint_is_transient(self, base: Path) -> None:
+        """A closed port raises TransientSourceError, so the daemon retries with backoff."""
+        closed = "http://127.0.0.1:9"
+        storage = RemoteStorage(
+            "s3://bucket/flows",
+            key="k",
+            secret="s",
+            endpoint_url=closed,
+            config_kwargs={"retries": {"max_attempts": 1}},
+        )
+        storage.set_base_path(base)
+
+        with pytest.raises(TransientSourceError, match="cannot reach s3://bucket/flows"):
+            pull(storage)
+
+    def test_unreachable_http_server_is_transient(self, base: Path) -> None:
+        """An HTTP source that refuses connections raises TransientSourceError."""
+        storage = RemoteStorage("http://127.0.0.1:9/flows/")
+        storage.set_base_path(base)
+
+        with pytest.raises(TransientSourceError):
+            pull(storage)
+
+    def test_full_disk_is_a_publish_error(self, memory: MemorySource, base: Path) -> None:
+        """A local write failure while downloading is a PublishError with a hint."""
+        upload(memory, {"flows/a.txt": b"alpha\n"})
+        storage = memory.storage()
+        storage.set_base_path(base)
+        CountingMemoryFileSystem.fail_downloads_with = errno.ENOSPC
+
+        with pytest.raises(PublishError, match="disk is full"):
+            pull(storage)
+
+        assert not os.path.lexists(storage.destination)
+        assert leftovers(base, storage) == []
+
+    def test_missing_package_names_the_extra(
+        self, base: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When s3fs cannot be imported the pull says which extra to install."""
+        registry = importlib.import_module("fsspec.registry")
+        monkeypatch.delitem(registry._registry, "s3", raising=False)
+        monkeypatch.setitem(
+            registry.known_implementations,
+            "s3",
+            {"class": "s3fs.not_installed_here.S3FileSystem", "err": "Install s3fs"},
+        )
+        storage = RemoteStorage("s3://bucket/flows")
+        storage.set_base_path(base)
+
+        with pytest.raises(MissingDependencyError) as caught:
+            pull(storage)
+
+        assert "pip install 'runner-storage[s3]'" in str(caught.value)
+        assert isinstance(caught.value, ConfigurationError)
+
+
+# --- construction, identity, pull steps --------------------------------------------------------
+
+
+class TestConstruction:
+    """What a RemoteStorage accepts, and where it publishes."""
+
+    @pytest.mark.parametrize(
+        ("url", "name"),
+        [
+            pytest.param("s3://bucket/flows", "bucket/flows", id="s3"),
+            pytest.param("s3://bucket/flows/", "bucket/flows", id="trailing-slash"),
+            pytest.param("s3://bucket", "bucket", id="bucket-only"),
+            pytest.param("gs://bucket/a/b", "bucket/a/b", id="gs"),
+            pytest.param("az://container/flows", "container/flows", id="az"),
+            pytest.param("memory://folder", "folder", id="memory"),
+            pytest.param("memory:///folder/sub", "folder/sub", id="memory-absolute"),
+            pytest.param("file:///srv/flows", "srv/flows", id="file-absolute"),
+            pytest.param("https://u:pw@host:8443/code/", "host:8443/code", id="no-credentials"),
+        ],
+    )
+    def test_destination_follows_prefects_rule(self, url: str, name: str, base: Path) -> None:
+        """The destination is BASE/<netloc>/<path>, without any credentials."""
+        storage = RemoteStorage(url)
+        storage.set_base_path(base)
+        assert storage.name == name
+        assert storage.destination == base / name
+
+    def test_prefect_defaults(self) -> None:
+        """pull_interval defaults to 60 seconds, and None means pull once."""
+        assert RemoteStorage("memory://x").pull_interval == 60
+        assert RemoteStorage("memory://x", pull_interval=None).pull_interval is None
+
+    @pytest.mark.parametrize(
+        ("url", "fragment"),
+        [
+            pytest.param("", "empty", id="empty"),
+            pytest.param("   ", "empty", id="blank"),
+            pytest.param("bucket/path", "no scheme", id="no-scheme"),
+            pytest.param("nosuchproto://bucket/x", "unknown protocol", id="unknown-protocol"),
+            pytest.param("http://[::1/x", "cannot parse", id="unparseable"),
+            pytest.param("simplecache::s3://b/x", "chained", id="chained"),
+            pytest.param("memory://", "names no bucket", id="names-nothing"),
+            pytest.param("file:///", "names no bucket", id="root"),
+            pytest.param("memory://.hidden", "reserved", id="reserved-name"),
+        ],
+    )
+    def test_bad_urls_fail_at_construction(self, url: str, fragment: str) -> None:
+        """Unusable URLs raise ConfigurationError (a ValueError) before any pull."""
+        with pytest.raises(ConfigurationError, match=fragment) as caught:
+            RemoteStorage(url)
+        assert isinstance(caught.value, ValueError)
+
+    @pytest.mark.parametrize(
+        "options",
+        [
+            pytest.param({"transfer_concurrency": 0}, id="no-transfers"),
+            pytest.param({"keep_versions": 0}, id="keep-nothing"),
+            pytest.param({"grace_period": -1.0}, id="negative-grace"),
+            pytest.param({"pull_interval": -5}, id="negative-interval"),
+        ],
+    )
+    def test_bad_options_fail_at_construction(self, options: dict[str, Any]) -> None:
+        """Out-of-range options raise ConfigurationError at construction."""
+        with pytest.raises(ConfigurationError):
+            RemoteStorage("memory://folder", **options)
+
+    def test_our_options_cannot_collide_with_filesystem_settings(self) -> None:
+        """No fsspec filesystem we support takes a setting named like our own options."""
+        classes = [fsspec.get_filesystem_class(p) for p in ("s3", "gs", "az", "http", "file")]
+        ours = {"keep_versions", "grace_period", "transfer_concurrency", "pull_interval"}
+        for cls in classes:
+            assert ours.isdisjoint(inspect.signature(cls.__init__).parameters), cls
+
+    def test_equality_is_url_and_settings(self) -> None:
+        """Two storages are equal when URL and settings are, as in Prefect."""
+        secret = Secret.from_env("RS_TEST_S3_SECRET")
+        first = RemoteStorage("s3://b/flows", key="k", secret=secret)
+        assert first == RemoteStorage("s3://b/flows", key="k", secret=secret)
+        assert first != RemoteStorage("s3://b/flows", key="other", secret=secret)
+        assert first != RemoteStorage("s3://b/other", key="k", secret=secret)
+        assert hash(first) == hash(RemoteStorage("s3://b/flows", key="k", secret=secret))
+
+    def test_repr_shows_no_secret(self) -> None:
+        """The repr names the URL without credentials and no setting values."""
+        storage = RemoteStorage("https://user:pw-123@host/code/", token="tok-456")
+        assert repr(storage) == "RemoteStorage(url='https://host/code/')"
+
+
+class TestPullStep:
+    """to_pull_step writes Prefect's step, with placeholders instead of secrets."""
+
+    def test_s3_step_with_placeholders(self) -> None:
+        """Secrets become env or block placeholders; requires names s3fs."""
+        storage = RemoteStorage(
+            "s3://bucket/flows",
+            key=Secret.from_env("AWS_ACCESS_KEY_ID"),
+            secret=Secret("unused", name="aws-secret"),
+            endpoint_url="https://s3.example.com",
+        )
+        assert storage.to_pull_step() == {
+            "prefect.deployments.steps.pull_from_remote_storage": {
+                "url": "s3://bucket/flows",
+                "key": "{{ $AWS_ACCESS_KEY_ID }}",
+                "secret": "{{ prefect.blocks.secret.aws-secret }}",
+                "endpoint_url": "https://s3.example.com",
+                "requires": "s3fs",
+            }
+        }
+
+    @pytest.mark.parametrize(
+        ("url", "requires"),
+        [
+            pytest.param("gs://bucket/flows", "gcsfs", id="gs"),
+            pytest.param("gcs://bucket/flows", "gcsfs", id="gcs"),
+            pytest.param("az://container/flows", "adlfs", id="az"),
+            pytest.param("abfs://container/flows", "adlfs", id="abfs"),
+            pytest.param("memory://folder", None, id="memory"),
+            pytest.param("https://host/code/", None, id="https"),
+        ],
+    )
+    def test_requires_names_the_implementation_package(
+        self, url: str, requires: str | None
+    ) -> None:
+        """``requires`` is the package of the protocol's implementation, absent for fsspec's own."""
+        step = RemoteStorage(url).to_pull_step()[
+            "prefect.deployments.steps.pull_from_remote_storage"
+        ]
+        assert step.get("requires") == requires
+        assert step["url"] == url
+
+    def test_plain_secret_setting_is_refused(self) -> None:
+        """A plain-text secret setting cannot be written into a step: ConfigurationError."""
+        storage = RemoteStorage("s3://bucket/flows", key="AKIA", secret="plain")
+        with pytest.raises(ConfigurationError, match=r"Secret\.from_env"):
+            storage.to_pull_step()
+
+    def test_password_in_url_is_refused(self) -> None:
+        """A URL carrying a password cannot be written into a step either."""
+        with pytest.raises(ConfigurationError, match="password"):
+            RemoteStorage("https://user:pw@host/code/").to_pull_step()
+
+
+# --- the translation table ---------------------------------------------------------------------
+
+
+def botocore_error(code: str, status: int) -> Exception:
+    """A botocore ClientError as S3 would return it."""
+    from botocore.exceptions import ClientError
+
+    error: Exception = ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "ListObjectsV2",
+    )
+    return error
+
+
+def azure_error(status: int, code: str) -> Exception:
+    """An azure-core HttpResponseError with a status and error code."""
+    from azure.core.exceptions import HttpResponseError
+
+    error: Any = HttpResponseError(message=f"{code}\nRequestId: 1")
+    error.status_code = status
+    error.error_code = code  # azure-storage-blob attaches it the same way
+    return error  # type: ignore[no-any-return]
+
+
+def aiohttp_error(status: int) -> Exception:
+    """An aiohttp ClientResponseError with ``status``, as fsspec's HTTP filesystem raises."""
+    import aiohttp
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    url = URL("http://127.0.0.1/flows/a.txt")
+    info = aiohttp.RequestInfo(url, "GET", CIMultiDictProxy(CIMultiDict()), url)
+    return aiohttp.ClientResponseError(info, (), status=status, message="nope")
+
+
+def gcsfs_error(code: int) -> Exception:
+    """A gcsfs HttpError with ``code``."""
+    from gcsfs.retry import HttpError
+
+    error: Exception = HttpError({"code": code, "message": "boom"})
+    return error
+
+
+def chained(outer: Exception, cause: Exception) -> Exception:
+    """``outer`` raised from ``cause``, as s3fs does."""
+    outer.__cause__ = cause
+    return outer
+
+
+class TestErrorTranslation:
+    """Every upstream error lands in the branch of the tree that says what to do."""
+
+    @pytest.mark.parametrize(
+        ("make", "expected"),
+        [
+            pytest.param(lambda: PermissionError("Access Denied"), AuthenticationError, id="perm"),
+            pytest.param(
+                lambda: botocore_error("AccessDenied", 403),
+                AuthenticationError,
+                id="s3-access-denied",
+            ),
+            pytest.param(
+                lambda: botocore_error("InvalidAccessKeyId", 403),
+                AuthenticationError,
+                id="s3-bad-key",
+            ),
+            pytest.param(
+                lambda: botocore_error("SignatureDoesNotMatch", 403),
+                AuthenticationError,
+                id="s3-bad-secret",
+            ),
+            pytest.param(
+                lambda: chained(PermissionError("denied"), botocore_error("X", 403)),
+                AuthenticationError,
+                id="s3fs-chain",
+            ),
+            pytest.param(
+                lambda: azure_error(403, "AuthorizationFailure"),
+                AuthenticationError,
+                id="azure-403",
+            ),
+            pytest.param(lambda: aiohttp_error(401), AuthenticationError, id="http-401"),
+            pytest.param(
+                lambda: OSError("Forbidden: b/o\nno access"), AuthenticationError, id="gcsfs-403"
+            ),
+            pytest.param(lambda: gcsfs_error(401), AuthenticationError, id="gcsfs-401"),
+            pytest.param(lambda: FileNotFoundError("b/key"), NotFoundError, id="fnf"),
+            pytest.param(
+                lambda: botocore_error("NoSuchBucket", 404), NotFoundError, id="s3-no-bucket"
+            ),
+            pytest.param(
+                lambda: azure_error(404, "ContainerNotFound"), NotFoundError, id="azure-404"
+            ),
+            pytest.param(lambda: aiohttp_error(404), NotFoundError, id="http-404"),
+            pytest.param(
+                lambda: botocore_error("SlowDown", 503), TransientSourceError, id="s3-slowdown"
+            ),
+            pytest.param(
+                lambda: OSError(errno.EBUSY, "SlowDown"), TransientSourceError, id="s3fs-ebusy"
+            ),
+            pytest.param(
+                lambda: botocore_error("InternalError", 500), TransientSourceError, id="s3-500"
+            ),
+            pytest.param(
+                lambda: azure_error(503, "ServerBusy"), TransientSourceError, id="azure-503"
+            ),
+            pytest.param(lambda: aiohttp_error(502), TransientSourceError, id="http-502"),
+            pytest.param(lambda: gcsfs_error(503), TransientSourceError, id="gcsfs-503"),
+            pytest.param(TimeoutError, TransientSourceError, id="timeout"),
+            pytest.param(ConnectionResetError, TransientSourceError, id="reset"),
+            pytest.param(lambda: ValueError("odd"), SourceError, id="anything-else"),
+        ],
+    )
+    def test_upstream_errors_are_mapped(
+        self, make: Callable[[], Exception], expected: type[RunnerStorageError]
+    ) -> None:
+        """Representative errors of s3fs, gcsfs, adlfs and aiohttp map to our tree."""
+        error, _ = _fsspec.translate_error(make(), where="s3://b/p", redact=str)
+        assert type(error) is expected
+        assert "s3://b/p" in str(error)
+        assert "\n" not in str(error)
+
+    def test_local_write_errors_are_publish_errors(self, tmp_path: Path) -> None:
+        """An OSError about a path inside the staging directory is the local disk's fault."""
+        staging = tmp_path / "staging"
+        denied = PermissionError(errno.EACCES, "Permission denied", str(staging / "0"))
+        error, _ = _fsspec.translate_error(denied, where="s3://b", redact=str, staging=staging)
+        assert isinstance(error, PublishError)
+
+    def test_secrets_in_upstream_text_are_redacted_and_unchained(self) -> None:
+        """If an upstream message carries a secret, ours hides it and cuts the chain."""
+        error, chain = _fsspec.translate_error(
+            ValueError("bad key sk-123456"),
+            where="s3://b",
+            redact=lambda text: text.replace("sk-123456", "***"),
+        )
+        assert "sk-123456" not in str(error)
+        assert "***" in str(error)
+        assert chain is False
