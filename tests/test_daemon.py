@@ -108,7 +108,7 @@ class TestHealth:
         first.process.stop()
         head = repo.head()
         os.rename(repo.path, repo.path.with_name("gone.git"))
-        second = start_daemon(config + git_source(repo.file_url, "code", "backoff_initial = 5"))
+        second = start_daemon(config + "backoff_initial = 5\n" + git_source(repo.file_url, "code"))
         wait_for(lambda: second.sources()["code"]["consecutive_failures"] >= 1, what="a failure")
         assert second.sources()["code"]["revision"] == head
         assert (tmp_path / "shared-root" / "code" / "README.md").is_file()
