@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test lint typecheck check clean bench
+.PHONY: setup system-deps demo test lint typecheck check clean bench wheels image
 
-# Debian packages the tests need: sshd for ssh:// sources, openssl for the HTTPS git server.
-SYSTEM_TOOLS := /usr/sbin/sshd /usr/bin/openssl /usr/bin/git
+# Debian packages the tests need: sshd for ssh:// sources, openssl for the HTTPS git server;
+# podman + runc + debootstrap build and run the container image for real (tests/test_deploy.py,
+# see TESTING.md), systemd-analyze verifies the unit files.
+SYSTEM_TOOLS := /usr/sbin/sshd /usr/bin/openssl /usr/bin/git /usr/bin/podman /usr/sbin/runc \
+	/usr/sbin/debootstrap /usr/bin/systemd-analyze
 
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do [ -x $$t ] || missing=1; done; \
@@ -16,7 +19,8 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
-	    openssh-server openssh-client openssl git ca-certificates >/dev/null; \
+	    openssh-server openssh-client openssl git ca-certificates \
+	    podman runc debootstrap systemd >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -31,7 +35,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -45,6 +49,19 @@ test: system-deps $(STAMP) node_modules/.package-lock.json lint typecheck
 
 bench: system-deps $(STAMP) node_modules/.package-lock.json
 	$(BIN)/python -m bench
+
+# Wheels of the project and all its dependencies, for an offline image build:
+#   make wheels && podman build --network=none --build-arg PIP_NO_INDEX=1 --build-arg BASE_IMAGE=...
+# They are built for this venv's Python: the base image must run the same Python version.
+wheels: $(STAMP)
+	rm -rf build/wheels
+	$(BIN)/python -m pip wheel -q --disable-pip-version-check '.[all]' --wheel-dir build/wheels
+
+# The container image, built the usual way (pip fetches from the index): make image IMAGE=...
+IMAGE ?= runner-storage:latest
+CONTAINER_ENGINE ?= $(shell command -v podman || command -v docker)
+image:
+	$(CONTAINER_ENGINE) build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache .demo

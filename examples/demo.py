@@ -75,6 +75,7 @@ source = "{upstream.as_uri()}"
 pull_interval = 10
 
 [[sources]]
+name = "shared"
 kind = "remote"
 source = "{(HERE / 'shared').as_uri()}"
 pull_interval = 10

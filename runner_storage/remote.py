@@ -91,6 +91,8 @@ class RemoteStorage(ManagedStorage):
         keep_versions: how many published versions to keep.
         grace_period: seconds a retired version is kept at least, for running work.
         transfer_concurrency: the most objects downloaded at once.
+        name: the destination name under the base path; Prefect's
+            ``<netloc>/<path>`` when not given.
         **settings: settings of the fsspec filesystem (``key``, ``secret``,
             ``endpoint_url``, ``token``, ``connection_string``...).
 
@@ -107,6 +109,7 @@ class RemoteStorage(ManagedStorage):
         keep_versions: int = DEFAULT_KEEP,
         grace_period: float = DEFAULT_GRACE_SECONDS,
         transfer_concurrency: int = DEFAULT_TRANSFER_CONCURRENCY,
+        name: str | None = None,
         **settings: Any,
     ) -> None:
         self._protocol = _fsspec.check_protocol(url)
@@ -119,7 +122,7 @@ class RemoteStorage(ManagedStorage):
         self._settings = settings
         self._transfer_concurrency = transfer_concurrency
         super().__init__(
-            name=_destination_name(url),
+            name=name or _destination_name(url),
             pull_interval=pull_interval,
             keep_versions=keep_versions,
             grace_period=grace_period,

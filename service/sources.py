@@ -63,6 +63,10 @@ def build_storage(source: SourceSettings, daemon: DaemonSettings) -> ManagedStor
     if kind == "local":
         if source.hooks.check or source.hooks.exec or source.hooks.webhook:
             raise ConfigurationError("hooks need a source that publishes; local sources do not")
+        if source.name is not None:
+            raise ConfigurationError(
+                "name does not apply to local sources: they are used where they are"
+            )
         path = source.source.split("://", 1)[1] if "://" in source.source else source.source
         return LocalStorage(path, pull_interval=_interval(source))
     if kind == "git":
@@ -95,13 +99,12 @@ def build_storage(source: SourceSettings, daemon: DaemonSettings) -> ManagedStor
         from runner_storage.remote import RemoteStorage  # noqa: PLC0415 - lazy backend import
 
         storage = RemoteStorage(
-            source.source, pull_interval=_interval(source), **retention, **source.fsspec_settings()
+            source.source,
+            pull_interval=_interval(source),
+            name=source.name,
+            **retention,
+            **source.fsspec_settings(),
         )
-        if source.name is not None:
-            raise ConfigurationError(
-                "name cannot be set for object-store sources: their destination is"
-                " <bucket>/<path> under the root, as in Prefect"
-            )
     storage.set_base_path(Path(daemon.root))
     return storage
 

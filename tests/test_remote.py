@@ -1069,6 +1069,12 @@ class TestConstruction:
         assert storage.name == name
         assert storage.destination == base / name
 
+    def test_name_overrides_the_destination(self, base: Path) -> None:
+        """``name=`` publishes under BASE/NAME instead of BASE/<netloc>/<path>."""
+        storage = RemoteStorage("s3://bucket/deep/prefix", name="models")
+        storage.set_base_path(base)
+        assert storage.destination == base / "models"
+
     def test_prefect_defaults(self) -> None:
         """pull_interval defaults to 60 seconds, and None means pull once."""
         assert RemoteStorage("memory://x").pull_interval == 60
