@@ -31,15 +31,18 @@ def make_repository(upstream: Path) -> None:
     """Create (or refresh) a git repository holding ``examples/flows``."""
     work = DEMO / "work"
     if not (upstream / "HEAD").exists():
-        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(upstream)],
-                       check=True, env=GIT_ENV)
+        subprocess.run(
+            ["git", "init", "-q", "--bare", "-b", "main", str(upstream)], check=True, env=GIT_ENV
+        )
     shutil.rmtree(work, ignore_errors=True)
     subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True, env=GIT_ENV)
-    shutil.copytree(HERE / "flows", work / "flows",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(HERE / "flows", work / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     (work / "README.md").write_text("Example flows published by runner-storage.\n")
-    for command in (["add", "-A"], ["commit", "-q", "-m", "example flows"],
-                    ["push", "-q", "-f", str(upstream), "main"]):
+    for command in (
+        ["add", "-A"],
+        ["commit", "-q", "-m", "example flows"],
+        ["push", "-q", "-f", str(upstream), "main"],
+    ):
         subprocess.run(["git", "-C", str(work), *command], check=True, env=GIT_ENV)
     shutil.rmtree(work)
 
@@ -77,14 +80,14 @@ pull_interval = 10
 [[sources]]
 name = "shared"
 kind = "remote"
-source = "{(HERE / 'shared').as_uri()}"
+source = "{(HERE / "shared").as_uri()}"
 pull_interval = 10
 """
     )
     print(
         f"""runner-storage demo
   git source:    {upstream.as_uri()}   (from examples/flows)
-  folder source: {(HERE / 'shared').as_uri()}
+  folder source: {(HERE / "shared").as_uri()}
   published under {root}:  ls -l {root}
   health:        curl -s 'http://127.0.0.1:{port}/readyz?verbose'
   metrics:       curl -s http://127.0.0.1:{port}/metrics | grep runner_storage_
