@@ -91,6 +91,12 @@ class TestSources:
         assert settings.sync_token.get_secret_value() == "s3cr3t-sync"
         assert "s3cr3t-sync" not in repr(settings)
 
+    def test_unprefixed_files_are_not_settings(self, tmp_path: Path) -> None:
+        """A systemd credential named ``token``, referenced by path, is not a setting."""
+        (tmp_path / "token").write_text("git-token")
+        settings = load_settings(environ={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+        assert settings.token is None
+
     def test_defaults(self) -> None:
         """With nothing configured the HTTP server binds loopback only."""
         settings = DaemonSettings.model_validate({})
