@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEMO = HERE.parent / ".demo"
+DEMO = Path(os.environ.get("DEMO_DIR") or HERE.parent / ".demo").resolve()
 GIT_ENV = {
     **os.environ,
     "GIT_CONFIG_NOSYSTEM": "1",
