@@ -1,0 +1,255 @@
+"""Export one commit's tree into a directory: plain files, no ``.git``, sparse if asked.
+
+The tree is written with git's own ``checkout-index`` from a throwaway index, so
+``.gitattributes`` conversions apply as in a clone. Files unchanged since the previous
+version (same path, mode and blob) are hard-linked from it instead of written; nothing is
+ever written through such a link, because only absent paths are created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import stat
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from runner_storage._gitstore import ObjectStore, TreeEntry
+from runner_storage.exceptions import SourceError, UnsafeContentError
+
+__all__ = [
+    "Baseline",
+    "ExportedTree",
+    "ServerRefusedObjectsError",
+    "export_tree",
+    "read_gitmodules",
+    "select_entries",
+]
+
+_REGULAR_MODES = frozenset({"100644", "100755"})
+
+
+class ServerRefusedObjectsError(SourceError):
+    """The server will not send file contents by id: fetch again without a filter."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The previous version of a tree: where it is published and which commit it was."""
+
+    root: Path
+    sha: str
+
+
+@dataclass
+class ExportedTree:
+    """What :func:`export_tree` wrote."""
+
+    sha: str
+    files_written: int = 0
+    files_linked: int = 0
+    gitlinks: list[TreeEntry] = field(default_factory=list)
+
+
+def select_entries(entries: Sequence[TreeEntry], directories: Sequence[str]) -> list[TreeEntry]:
+    """The entries a cone-mode sparse checkout of ``directories`` contains.
+
+    As ``git sparse-checkout set --cone``: everything under each directory, plus the files
+    directly inside the root and inside every parent of a listed directory. Submodules count
+    as directories. No directories means the whole tree.
+    """
+    if not directories:
+        return list(entries)
+    parents = {""}
+    for directory in directories:
+        parent = directory
+        while parent:
+            parent = posixpath.dirname(parent)
+            parents.add(parent)
+    prefixes = tuple(f"{d}/" for d in directories)
+
+    def selected(entry: TreeEntry) -> bool:
+        if entry.path.startswith(prefixes):
+            return True
+        if entry.is_gitlink:
+            return entry.path in directories
+        return posixpath.dirname(entry.path) in parents
+
+    return [entry for entry in entries if selected(entry)]
+
+
+def check_entry_paths(entries: Sequence[TreeEntry]) -> None:
+    """Refuse paths that would leave the version or write into a ``.git`` directory.
+
+    Raises:
+        UnsafeContentError: an absolute path, an empty, ``.`` or ``..`` part, or ``.git``.
+    """
+    for entry in entries:
+        parts = entry.path.split("/")
+        if any(part in ("", ".", "..") or part.lower() == ".git" for part in parts):
+            raise UnsafeContentError(
+                f"repository path {entry.path!r} would leave the source tree or write into"
+                " .git; remove it upstream (nothing was published)"
+            )
+
+
+async def export_tree(
+    store: ObjectStore,
+    sha: str,
+    target: Path,
+    *,
+    directories: Sequence[str],
+    baseline: Baseline | None,
+) -> ExportedTree:
+    """Write commit ``sha``'s (sparse) tree into the existing empty directory ``target``.
+
+    Submodules become empty directories; their commits are in ``gitlinks``.
+
+    Raises:
+        UnsafeContentError: a path in the tree is unsafe.
+        ServerRefusedObjectsError: missing file contents could not be fetched by id.
+        SourceError: git failed.
+    """
+    entries = await store.list_tree(sha)
+    check_entry_paths(entries)
+    selected = select_entries(entries, directories)
+    reusable = await _reusable_entries(store, entries, selected, baseline)
+    linked: set[str] = set()
+    if baseline is not None and reusable:
+        linked = await anyio.to_thread.run_sync(_link_files, reusable, baseline.root, target)
+    to_write = [entry for entry in selected if entry.path not in linked]
+    await _ensure_blobs(store, sha, to_write)
+    await _checkout(store, to_write, target)
+    return ExportedTree(
+        sha=sha,
+        files_written=sum(1 for entry in to_write if entry.is_blob),
+        files_linked=len(linked),
+        gitlinks=[entry for entry in selected if entry.is_gitlink],
+    )
+
+
+async def _reusable_entries(
+    store: ObjectStore,
+    entries: Sequence[TreeEntry],
+    selected: Sequence[TreeEntry],
+    baseline: Baseline | None,
+) -> list[TreeEntry]:
+    """Regular files identical in the previous commit, if its objects are still here."""
+    if baseline is None or not await store.has_commit(baseline.sha):
+        return []
+    previous = {entry.path: entry for entry in await store.list_tree(baseline.sha)}
+
+    def attributes(tree: dict[str, TreeEntry]) -> dict[str, TreeEntry]:
+        return {p: e for p, e in tree.items() if posixpath.basename(p) == ".gitattributes"}
+
+    # Changed attributes can change how an unchanged blob is written (eol, ident).
+    if attributes({e.path: e for e in entries}) != attributes(previous):
+        return []
+    return [
+        entry
+        for entry in selected
+        if entry.mode in _REGULAR_MODES
+        and posixpath.basename(entry.path) != ".gitattributes"
+        and previous.get(entry.path) == entry
+    ]
+
+
+def _link_files(entries: Sequence[TreeEntry], source: Path, target: Path) -> set[str]:
+    """Hard-link files from ``source`` into ``target``; return the paths that worked."""
+    real_source = os.path.realpath(source)
+    trusted: dict[Path, bool] = {}
+    linked: set[str] = set()
+    for entry in entries:
+        origin = source / entry.path
+        destination = target / entry.path
+        try:
+            if origin.parent not in trusted:
+                # A parent reached through a symlink could lead anywhere: never link from it.
+                real_parent = os.path.realpath(origin.parent)
+                expected = os.path.normpath(
+                    os.path.join(real_source, posixpath.dirname(entry.path))
+                )
+                inside = real_parent == expected
+                trusted[origin.parent] = inside
+                if inside:
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+            info = os.lstat(origin)
+            if (
+                not trusted[origin.parent]
+                or not stat.S_ISREG(info.st_mode)
+                or bool(info.st_mode & 0o100) != (entry.mode == "100755")
+            ):
+                continue
+            os.link(origin, destination, follow_symlinks=False)
+        except OSError:
+            continue  # written by checkout instead
+        linked.add(entry.path)
+    return linked
+
+
+async def _ensure_blobs(store: ObjectStore, sha: str, entries: Sequence[TreeEntry]) -> None:
+    """Fetch, in one request, the contents a blobless fetch left out."""
+    needed = {entry.oid for entry in entries if entry.is_blob}
+    if not needed:
+        return
+    missing = needed & await store.missing_objects(sha)
+    if missing and not await store.fetch_objects(missing):
+        raise ServerRefusedObjectsError(
+            f"{store.where} refuses to send file contents by id; fetching without a filter"
+        )
+
+
+async def _checkout(store: ObjectStore, entries: Sequence[TreeEntry], target: Path) -> None:
+    if not entries:
+        return
+    index = store.path / f"index-{uuid.uuid4().hex}"
+    work_tree = os.path.join(os.getcwd(), target)  # git runs in the store, not here
+    env = {"GIT_INDEX_FILE": str(index)}
+    info = b"".join(
+        f"{entry.mode} {entry.oid}\t{entry.path}".encode("utf-8", "surrogateescape") + b"\0"
+        for entry in entries
+    )
+    try:
+        await store.git.check(
+            "update-index", "-z", "--index-info", input=info, extra_env=env,
+            what=f"index the files of {store.where}", git_dir=store.path,
+        )  # fmt: skip
+        await store.git.check(
+            f"--work-tree={work_tree}", "checkout-index", "--all", "--force", extra_env=env,
+            what=f"write the files of {store.where}", git_dir=store.path,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            index.unlink()
+
+
+async def read_gitmodules(store: ObjectStore, root: Path) -> dict[str, str]:
+    """``{submodule path: url}`` from the exported ``root/.gitmodules`` (a regular file)."""
+    path = root / ".gitmodules"
+    if path.is_symlink() or not path.is_file():
+        return {}
+    result = await store.git.run(
+        "config", "--file", str(path.absolute()), "--no-includes", "-z", "--get-regexp",
+        r"^submodule\..*\.(path|url)$",
+    )  # fmt: skip
+    if result.returncode == 1:
+        return {}  # no submodule entries
+    if result.returncode != 0:
+        raise store.git.failure(f"read .gitmodules of {store.where}", "", result.stderr) from None
+    modules: dict[str, dict[str, str]] = {}
+    for record in result.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        key, _, value = record.partition("\n")
+        if not key.startswith("submodule."):
+            continue
+        name, _, variable = key[len("submodule.") :].rpartition(".")
+        modules.setdefault(name, {})[variable] = value
+    return {
+        posixpath.normpath(module["path"]): module["url"]
+        for module in modules.values()
+        if module.get("path") and module.get("url")
+    }

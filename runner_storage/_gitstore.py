@@ -1,0 +1,272 @@
+"""The object store of one remote, shared by every source of that repository.
+
+``BASE/.runner-storage/.repos/<sha256(url)[:16]>.git`` is a bare repository whose only
+remote, ``origin``, is the URL without credentials; its configuration never holds a
+secret. Fetched commits are kept alive by refs under ``refs/runner-storage/``, one per
+wanted ref, named by a hash so that branch names never clash (``a`` vs ``a/b``).
+``<key>.lock`` beside it is an flock held while fetching and exporting, so the sources
+sharing the store take turns. Names starting with ``.`` are reserved by
+:func:`runner_storage.publish.validate_name`, so no source can be called ``.repos``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from runner_storage._gitcmd import Git
+from runner_storage._giturl import RemoteURL
+from runner_storage.publish import disk_error
+from runner_storage.state import METADATA_DIR
+
+__all__ = ["REF_PREFIX", "ObjectStore", "TreeEntry"]
+
+REF_PREFIX = "refs/runner-storage/"
+_REPOS_DIR = ".repos"
+_BLOB_MODES = frozenset({"100644", "100755", "120000"})
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of ``git ls-tree -r``: a file, a symlink or a submodule (gitlink)."""
+
+    mode: str
+    oid: str
+    path: str
+
+    @property
+    def is_gitlink(self) -> bool:
+        """Whether this is a submodule commit rather than a file."""
+        return self.mode == "160000"
+
+    @property
+    def is_blob(self) -> bool:
+        """Whether git stores this entry's content as a blob (files and symlinks)."""
+        return self.mode in _BLOB_MODES
+
+
+def ref_for(selection: str) -> str:
+    """The ref under :data:`REF_PREFIX` that keeps the commit of ``selection`` alive."""
+    return REF_PREFIX + hashlib.sha256(selection.encode()).hexdigest()[:20]
+
+
+class ObjectStore:
+    """The bare repository holding every object fetched from one remote.
+
+    Args:
+        base: the base path (``BASE``).
+        remote: the repository.
+        git: the runner for this pull's git commands.
+    """
+
+    def __init__(self, base: Path, remote: RemoteURL, git: Git) -> None:
+        key = hashlib.sha256(remote.fetch_url.encode()).hexdigest()[:16]
+        repos = base.absolute() / METADATA_DIR / _REPOS_DIR  # git runs elsewhere
+        self.path = repos / f"{key}.git"
+        self.lock_path = repos / f"{key}.lock"
+        self.remote = remote
+        self.git = git
+
+    @property
+    def where(self) -> str:
+        """The repository, for messages."""
+        return self.git.redact(self.remote.url)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the store's flock; the store exists and has no stale git locks inside."""
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise disk_error(f"cannot create {self.lock_path}", exc) from None
+        try:
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
+            # We hold the lock, so any git lock file left inside is from a killed pull.
+            await anyio.to_thread.run_sync(self._remove_stale_git_locks)
+            if not (self.path / "HEAD").is_file():
+                await self._create()
+            yield
+        finally:
+            os.close(fd)
+
+    async def ensure(self) -> None:
+        """Create the store if it does not exist yet (takes the lock only then)."""
+        if not (self.path / "HEAD").is_file():
+            async with self.locked():
+                pass
+
+    async def _create(self) -> None:
+        # Built aside and renamed, so a killed creation never leaves a half-made store.
+        temporary = self.path.with_name(self.path.name + ".new")
+        await anyio.to_thread.run_sync(shutil.rmtree, temporary, True)
+        what = f"create the object store {self.path}"
+        await self.git.check("init", "--quiet", "--bare", str(temporary), what=what)
+        await self.git.check(
+            "config", "remote.origin.url", self.remote.fetch_url, what=what, git_dir=temporary
+        )
+        try:
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            raise disk_error(f"cannot create {self.path}", exc) from None
+
+    def _remove_stale_git_locks(self) -> None:
+        candidates = [self.path / name for name in ("shallow.lock", "packed-refs.lock")]
+        candidates += [self.path / "config.lock", self.path / "HEAD.lock"]
+        candidates += self.path.glob("index-*")  # throwaway checkout indexes
+        refs = self.path / "refs"
+        if refs.is_dir():
+            candidates += refs.rglob("*.lock")
+        for lock in candidates:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+    # --- talking to the remote -------------------------------------------------------------
+
+    async def ls_remote(self, *patterns: str, symref: bool = False) -> list[tuple[str, str]]:
+        """``(object id or "ref: TARGET", refname)`` pairs the remote advertises."""
+        args = ["ls-remote", *(["--symref"] if symref else []), "origin", *patterns]
+        out = await self.git.check(*args, what="list refs", where=self.where, git_dir=self.path)
+        pairs = []
+        for line in out.decode("utf-8", "replace").splitlines():
+            value, _, name = line.partition("\t")
+            if name:
+                pairs.append((value, name))
+        return pairs
+
+    async def fetch(
+        self, *refspecs: str, depth: int, blobless: bool, what: str, refetch: bool = False
+    ) -> None:
+        """Fetch ``refspecs`` from origin, shallow to ``depth`` (0 = all history)."""
+        args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
+        args.append("--no-recurse-submodules")
+        if depth > 0:
+            args.append(f"--depth={depth}")
+        elif (self.path / "shallow").exists():
+            args.append("--unshallow")
+        args.append("--filter=blob:none" if blobless else "--no-filter")
+        if refetch:
+            args.append("--refetch")
+        await self.git.check(*args, "origin", *refspecs, what=what, where=self.where,
+                             git_dir=self.path)  # fmt: skip
+
+    async def fetch_objects(self, oids: Iterable[str]) -> bool:
+        """Fetch missing objects by id; False if the server refuses unadvertised objects.
+
+        Protocol v2 servers send any object asked for; a protocol v0 server does only with
+        ``uploadpack.allowAnySHA1InWant``.
+        """
+        wanted = "".join(f"{oid}\n" for oid in sorted(set(oids))).encode()
+        if not wanted:
+            return True
+        # No negotiation: told that we have a commit, the server would leave out its blobs.
+        result = await self.git.run(
+            "-c", "fetch.negotiationAlgorithm=noop", "fetch", "--quiet", "--no-tags",
+            "--no-write-fetch-head", "--no-recurse-submodules", "--filter=blob:none", "--stdin",
+            "origin", git_dir=self.path, input=wanted,
+        )  # fmt: skip
+        if result.returncode == 0:
+            return True
+        if is_unadvertised_refusal(result.stderr):
+            return False
+        raise self.git.failure("fetch file contents", self.where, result.stderr) from None
+
+    # --- local queries ----------------------------------------------------------------------
+
+    async def rev_parse(self, revision: str) -> str | None:
+        """The object id ``revision`` names in the store, or None."""
+        result = await self.git.run(
+            "rev-parse", "--verify", "--quiet", "--end-of-options", revision, git_dir=self.path
+        )
+        if result.returncode != 0:
+            return None
+        return result.stdout.decode().strip() or None
+
+    async def has_commit(self, sha: str) -> bool:
+        """Whether commit ``sha`` is here, without asking the remote for it."""
+        if not (self.path / "HEAD").is_file():
+            return False
+        # --missing=print turns off the lazy fetching of partial clones.
+        result = await self.git.run(
+            "rev-list", "--missing=print", "--no-walk", sha, git_dir=self.path
+        )
+        return result.returncode == 0
+
+    def is_partial(self) -> bool:
+        """Whether a blobless fetch ever came here (git keeps those in promisor packs)."""
+        return any((self.path / "objects" / "pack").glob("*.promisor"))
+
+    async def missing_objects(self, sha: str) -> set[str]:
+        """Objects of commit ``sha``'s tree not present locally (a blobless fetch's blobs)."""
+        if not await anyio.to_thread.run_sync(self.is_partial):
+            return set()
+        out = await self.git.check(
+            "rev-list", "--objects", "--missing=print", "--no-walk", sha,
+            what=f"list the missing objects of commit {sha}", git_dir=self.path,
+        )  # fmt: skip
+        return {line[1:].strip() for line in out.decode().splitlines() if line.startswith("?")}
+
+    async def list_tree(self, sha: str) -> list[TreeEntry]:
+        """Every file, symlink and submodule of commit ``sha``, recursively."""
+        out = await self.git.check(
+            "ls-tree", "-r", "-z", "--full-tree", sha,
+            what=f"list the files of commit {sha}", git_dir=self.path,
+        )  # fmt: skip
+        entries = []
+        for record in out.decode("utf-8", "surrogateescape").split("\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition("\t")
+            mode, _, oid = meta.split(" ")
+            entries.append(TreeEntry(mode, oid, path))
+        return entries
+
+    async def update_ref(self, ref: str, sha: str) -> None:
+        """Point ``ref`` at ``sha`` (keeps it from garbage collection)."""
+        await self.git.check(
+            "update-ref", ref, sha, what=f"keep commit {sha} in {self.path}", git_dir=self.path
+        )
+
+    async def delete_refs(self, prefix: str) -> None:
+        """Delete every ref under ``prefix``."""
+        out = await self.git.check(
+            "for-each-ref", "--format=delete %(refname)", prefix,
+            what=f"list the refs of {self.path}", git_dir=self.path,
+        )  # fmt: skip
+        if out.strip():
+            await self.git.check(
+                "update-ref", "--stdin", input=out, what=f"delete refs in {self.path}",
+                git_dir=self.path,
+            )  # fmt: skip
+
+    def objects_size(self) -> int:
+        """Bytes of all objects in the store (the difference is what a fetch brought)."""
+        total = 0
+        for directory, _, files in os.walk(self.path / "objects"):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.lstat(os.path.join(directory, name)).st_size
+        return total
+
+
+def is_unadvertised_refusal(stderr: str) -> bool:
+    """Whether git failed because the server refused to send an unadvertised object."""
+    lowered = stderr.lower()
+    return "unadvertised object" in lowered or "allow-tip-sha1-in-want" in lowered

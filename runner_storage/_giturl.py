@@ -1,0 +1,292 @@
+"""Git remote URLs, ref names, commit SHAs and sparse directories: parsing and checks.
+
+Pure functions, no I/O and no git: everything here runs at construction time, so a bad
+setting fails before the first pull. Construction problems raise
+:class:`~runner_storage.exceptions.ConfigurationError`; problems with a URL that came from
+upstream (a submodule's) raise :class:`~runner_storage.exceptions.UnsafeContentError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse, urlsplit
+
+from runner_storage.exceptions import ConfigurationError, UnsafeContentError
+
+__all__ = [
+    "RemoteURL",
+    "check_branch_name",
+    "check_commit_sha",
+    "check_directories",
+    "default_name",
+    "parse_remote_url",
+    "resolve_submodule_url",
+]
+
+#: Kinds of remote that reach the network; the others read the local disk.
+NETWORK_KINDS = frozenset({"https", "http", "ssh", "git", "scp"})
+_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
+_HELPER_SYNTAX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]/]+\]|[^:/\[\]]+):(?P<path>.*)$")
+_SHA = re.compile(r"^[0-9a-fA-F]{4,64}$")
+_REF_FORBIDDEN = frozenset(" ~^:?*[\\")
+
+
+@dataclass(frozen=True)
+class RemoteURL:
+    """A validated git remote.
+
+    Attributes:
+        url: the URL as given (it never holds a password).
+        kind: ``https``, ``http``, ``ssh``, ``git``, ``scp`` (``[user@]host:path``),
+            ``file`` or ``local`` (a path).
+        fetch_url: what git is given: the URL, or the absolute path of a local one.
+        host: the lower-cased host name of a network remote, else None.
+        port: the explicit port, if any.
+    """
+
+    url: str
+    kind: str
+    fetch_url: str
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the remote is on this machine (``file://`` or a path)."""
+        return self.kind not in NETWORK_KINDS
+
+    @property
+    def http_origin(self) -> str | None:
+        """``scheme://host[:port]/`` of an http(s) remote, the scope of its credentials."""
+        if self.kind not in ("http", "https") or self.host is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port is not None else ""
+        return f"{self.kind}://{host}{port}/"
+
+
+def parse_remote_url(url: str, *, base_dir: Path | None = None) -> RemoteURL:
+    """Validate a repository URL and classify it.
+
+    Args:
+        url: ``https``/``http``/``ssh``/``git``/``file`` URL, scp-style ``user@host:path``,
+            or a local path.
+        base_dir: what a relative local path is relative to (the current directory).
+
+    Raises:
+        ConfigurationError: empty, unparseable, unsupported scheme, option-like, or with
+            credentials in it.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError("the repository URL is empty: give an https, ssh or git URL")
+    shown = _shown(url)
+    if url != url.strip() or any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ConfigurationError(
+            f"repository URL {shown!r} contains whitespace or control characters"
+        )
+    if url.startswith("-"):
+        raise ConfigurationError(
+            f"repository URL {shown!r} starts with '-' and looks like an option"
+        )
+    if _HELPER_SYNTAX.match(url):
+        raise ConfigurationError(
+            f"repository URL {shown!r} uses git's transport::address syntax, which is not"
+            " supported: use an https, http, ssh, git or file URL"
+        )
+    if "://" in url:
+        return _parse_scheme_url(url, shown)
+    scp = _SCP_LIKE.match(url)
+    if scp is not None:
+        host = scp["host"].strip("[]").lower()
+        if not scp["path"] or host.startswith("-") or (scp["user"] or "").startswith("-"):
+            raise ConfigurationError(
+                f"repository URL {shown!r} is not a valid user@host:path address"
+            )
+        return RemoteURL(url=url, kind="scp", fetch_url=url, host=host)
+    absolute = os.path.normpath(os.path.join(base_dir or os.getcwd(), url))
+    return RemoteURL(url=url, kind="local", fetch_url=absolute)
+
+
+def _parse_scheme_url(url: str, shown: str) -> RemoteURL:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"unsupported scheme {scheme!r} in repository URL {shown!r}: use https, http,"
+            " ssh, git or file"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"cannot parse repository URL {shown!r}") from None
+    if parts.password is not None or (scheme in ("http", "https") and parts.username):
+        raise ConfigurationError(
+            f"repository URL {shown!r} has credentials in it: remove them from the URL and"
+            " pass credentials={'access_token': Secret.from_env('TOKEN')} instead, so they"
+            " never reach files or logs"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ConfigurationError(
+                f"repository URL {shown!r} is not a valid file:///absolute/path URL"
+            )
+        return RemoteURL(url=url, kind="file", fetch_url=url)
+    host = parts.hostname
+    if not host or host.startswith("-") or (parts.username or "").startswith("-"):
+        raise ConfigurationError(f"repository URL {shown!r} has no valid host")
+    if not parts.path.strip("/"):
+        raise ConfigurationError(f"repository URL {shown!r} names no repository path")
+    return RemoteURL(url=url, kind=scheme, fetch_url=url, host=host, port=port)
+
+
+def _shown(url: str) -> str:
+    """The URL for an error message: any ``user:password@`` part replaced."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
+def resolve_submodule_url(parent: RemoteURL, raw: str, *, path: str) -> RemoteURL:
+    """The remote of a submodule whose ``.gitmodules`` URL is ``raw``.
+
+    Relative URLs (``./x``, ``../x``) are resolved against the parent's URL as git does.
+    Only network remotes are allowed: a ``file://`` URL, a local path or ``ext::`` in
+    upstream content could read this machine's files or run commands.
+
+    Raises:
+        UnsafeContentError: the URL is not an https, http, ssh, git or scp-style one.
+    """
+    url = _join_relative(parent.fetch_url, raw) if raw.startswith(("./", "../")) else raw
+    refused = UnsafeContentError(
+        f"submodule {path!r} has URL {_shown(raw)!r}: only https, http, ssh and git"
+        " submodule URLs are allowed; fix .gitmodules upstream (nothing was published)"
+    )
+    try:
+        remote = parse_remote_url(url)
+    except ConfigurationError:
+        raise refused from None
+    if remote.is_local:
+        raise refused
+    return remote
+
+
+def _join_relative(base: str, relative: str) -> str:
+    """Git's rule: each ``../`` drops one path component of the parent URL."""
+    prefix, path = _split_base(base)
+    lead = "/" if path.startswith("/") else ""
+    parts = [part for part in path.split("/") if part]
+    while relative.startswith(("./", "../")):
+        if relative.startswith("./"):
+            relative = relative[2:]
+            continue
+        relative = relative[3:]
+        if not parts:
+            raise UnsafeContentError(
+                f"relative submodule URL climbs above {_shown(base)!r}; fix .gitmodules upstream"
+            )
+        parts.pop()
+    return prefix + lead + "/".join([*parts, relative])
+
+
+def _split_base(base: str) -> tuple[str, str]:
+    """``(scheme://authority or user@host:, path)`` of a parent URL."""
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        authority, slash, path = rest.partition("/")
+        return f"{scheme}://{authority}", slash + path
+    scp = _SCP_LIKE.match(base)
+    if scp is not None:
+        return base[: len(base) - len(scp["path"])], scp["path"]
+    return "", base
+
+
+def check_branch_name(branch: str) -> str:
+    """Apply ``git check-ref-format --branch``'s rules to a branch or tag name.
+
+    Raises:
+        ConfigurationError: the name could never name a branch or tag.
+    """
+    if not isinstance(branch, str) or not branch:
+        raise ConfigurationError("branch is empty: give a branch or tag name, or None")
+    if branch.startswith("-"):
+        raise ConfigurationError(
+            f"branch {branch!r} starts with '-' and would be read as an option"
+        )
+    if branch in ("HEAD", "@"):
+        raise ConfigurationError(
+            f"branch {branch!r} is not a branch name: use branch=None for the default branch"
+        )
+    bad = sorted({c for c in branch if ord(c) < 32 or ord(c) == 127 or c in _REF_FORBIDDEN})
+    problem = None
+    if bad:
+        problem = f"contains {', '.join(repr(c) for c in bad)}"
+    elif ".." in branch or "@{" in branch:
+        problem = "contains '..' or '@{'"
+    elif branch.startswith("/") or branch.endswith(("/", ".")) or "//" in branch:
+        problem = "starts or ends with '/', ends with '.', or contains '//'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in branch.split("/")):
+        problem = "has a part starting with '.' or ending with '.lock'"
+    if problem:
+        raise ConfigurationError(f"branch {branch!r} is not a valid git ref name: it {problem}")
+    return branch
+
+
+def check_commit_sha(commit_sha: str) -> str:
+    """Return the lower-cased SHA after checking it is 4 to 64 hex digits.
+
+    Raises:
+        ConfigurationError: not a hex commit SHA.
+    """
+    if not isinstance(commit_sha, str) or not _SHA.match(commit_sha):
+        raise ConfigurationError(
+            f"invalid commit SHA {commit_sha!r}: expected 4 to 64 hex digits; use branch=..."
+            " for a branch or tag name"
+        )
+    return commit_sha.lower()
+
+
+def check_directories(directories: Sequence[str] | None) -> tuple[str, ...]:
+    """Normalise the sparse-checkout directories; an empty list means the whole tree.
+
+    Raises:
+        ConfigurationError: a string instead of a list, or a path that is empty, absolute,
+            contains ``..`` or control characters, or starts with ``-``.
+    """
+    if directories is None:
+        return ()
+    if isinstance(directories, str):
+        raise ConfigurationError(
+            f"directories must be a list of paths, not the string {directories!r}"
+        )
+    normalised: list[str] = []
+    for directory in directories:
+        if not isinstance(directory, str) or not directory.strip():
+            raise ConfigurationError("directories contains an empty path")
+        path = PurePosixPath(directory)
+        problem = None
+        if any(ord(c) < 32 or ord(c) == 127 for c in directory) or "\\" in directory:
+            problem = "contains control characters or backslashes"
+        elif directory.startswith("-"):
+            problem = "starts with '-'"
+        elif path.is_absolute():
+            problem = "is absolute"
+        elif ".." in path.parts:
+            problem = "contains '..'"
+        elif str(path) == ".":
+            problem = "is the whole repository (use directories=None)"
+        if problem:
+            raise ConfigurationError(
+                f"directory {directory!r} {problem}: give paths relative to the repository root"
+            )
+        normalised.append(str(path))
+    return tuple(dict.fromkeys(normalised))
+
+
+def default_name(url: str, branch: str | None) -> str:
+    """Prefect's destination name: ``<repo>[-<branch with '/' as '-'>]``."""
+    repo_name = urlparse(url).path.split("/")[-1].replace(".git", "")
+    safe_branch = branch.replace("/", "-") if branch else None
+    return f"{repo_name}-{safe_branch}" if safe_branch else repo_name
