@@ -5,7 +5,7 @@ The public names follow ``prefect.runner.storage``, so switching is an import ch
     from runner_storage import GitRepository, create_storage_from_source
 
 :class:`GitRepository` and :class:`RemoteStorage` are imported on first use, so importing
-this package loads neither GitPython nor fsspec.
+this package loads neither the git backend nor fsspec.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """create_storage_from_source: pick the storage class for a source string, as Prefect does.
 
 The git and object-store backends are imported only when a source needs them, so
-``import runner_storage`` stays cheap and loads neither GitPython nor fsspec.
+``import runner_storage`` stays cheap: it loads neither the git backend nor fsspec.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def create_storage_from_source(source: str, pull_interval: int | None = 60) -> R
     if git_url is not None:
         # git treats "repo.git/" as "repo.git"; the default destination name needs the latter.
         git_url = git_url.rstrip("/") or git_url
-        from runner_storage.git import GitRepository  # noqa: PLC0415 (GitPython is heavy)
+        from runner_storage.git import GitRepository  # noqa: PLC0415 - load the backend only when used
 
         return GitRepository(url=git_url, pull_interval=pull_interval)
 

@@ -39,7 +39,14 @@ PUBLIC_NAMES = {
     "create_storage_from_source",
 }
 
-HEAVY_MODULES = ("git", "fsspec", "s3fs", "gcsfs", "adlfs", "runner_storage.git")
+HEAVY_MODULES = (
+    "fsspec",
+    "s3fs",
+    "gcsfs",
+    "adlfs",
+    "runner_storage.git",
+    "runner_storage._gitsync",
+)
 
 
 def modules_loaded_after(code: str) -> list[str]:
@@ -132,7 +139,7 @@ class TestCheapImport:
     """Importing the package, or using local sources, loads no heavy backend."""
 
     def test_import_loads_no_backend(self) -> None:
-        """``import runner_storage`` loads neither GitPython nor fsspec nor any cloud SDK."""
+        """``import runner_storage`` loads neither the git backend nor fsspec nor any cloud SDK."""
         assert modules_loaded_after("import runner_storage") == []
 
     def test_local_sources_load_no_backend(self) -> None:
@@ -144,7 +151,7 @@ class TestCheapImport:
         assert modules_loaded_after(code) == []
 
     def test_remote_storage_loads_fsspec_but_not_git(self) -> None:
-        """Asking for RemoteStorage loads fsspec, and still not GitPython."""
+        """Asking for RemoteStorage loads fsspec, and still not the git backend."""
         loaded = modules_loaded_after("from runner_storage import RemoteStorage")
         assert "fsspec" in loaded
-        assert "git" not in loaded
+        assert "runner_storage.git" not in loaded

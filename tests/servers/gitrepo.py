@@ -305,7 +305,7 @@ _counter = itertools.count(1)
 def safe_git_environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Make ``os.environ`` itself safe for git for one test; return the applied variables.
 
-    For code under test that runs git (GitPython) with the inherited environment: drops
+    For code under test that runs git with the inherited environment: drops
     inherited ``GIT_*`` variables and the ssh agent, then sets :data:`GIT_TEST_ENV`.
     """
     for name in list(os.environ):
