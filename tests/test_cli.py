@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import yaml
-from daemon_process import cli
+from daemon_process import RUNNER_STORAGE, cli
 from servers.gitrepo import UpstreamRepoFactory
 
 from runner_storage import __version__
@@ -233,3 +236,62 @@ class TestRun:
         result = cli("run", "--config", str(config_file(tmp_path, "")))
         assert result.returncode == 2
         assert "RUNNER_STORAGE_SOURCE" in result.stderr
+
+
+def run_on_terminal(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``runner-storage ARGS`` with stdout and stderr on a pseudo-terminal."""
+    primary, secondary = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [RUNNER_STORAGE, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=secondary,
+            env={**os.environ, **(env or {})},
+        )
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the terminal closed with the process
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        code = process.wait(timeout=60)
+    finally:
+        os.close(primary)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+class TestTerminal:
+    """On a terminal: a progress display and human-readable logs."""
+
+    def test_pull_shows_progress_then_a_summary(
+        self, tmp_path: Path, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """``pull`` draws a spinner with the elapsed time, clears it, then prints the summary."""
+        repo = upstream_repo()
+        code, output = run_on_terminal("pull", repo.file_url, "--dest", str(tmp_path))
+        assert code == 0, output
+        assert "pulling " in output
+        assert "\x1b[K" in output  # the spinner line is cleared before the summary
+        last = output.rstrip().splitlines()[-1]
+        assert last.replace("\r", "").replace("\x1b[K", "").startswith("published: ")
+
+    def test_daemon_logs_are_console_lines_on_a_terminal(
+        self, tmp_path: Path, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """``run`` logs readable lines, not JSON, when stdout is a terminal."""
+        repo = upstream_repo()
+        path = config_file(tmp_path, f'[[sources]]\nname = "a"\nsource = "{repo.file_url}"\n')
+        code, output = run_on_terminal(
+            "run", "--once", "--config", str(path), env={"RUNNER_STORAGE_HTTP_PORT": "0"}
+        )
+        assert code == 0, output
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", output)  # drop the colours
+        finished = next(line for line in plain.splitlines() if "sync_finished" in line)
+        assert not finished.lstrip().startswith("{")
+        assert "source=a" in finished
+        assert "changed=True" in finished
