@@ -12,7 +12,6 @@ sharing the store take turns. Names starting with ``.`` are reserved by
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -24,6 +23,7 @@ import anyio
 
 from runner_storage._gitcmd import Git
 from runner_storage._giturl import RemoteURL
+from runner_storage._lock import file_lock
 from runner_storage.publish import disk_error
 from runner_storage.state import METADATA_DIR
 
@@ -85,27 +85,12 @@ class ObjectStore:
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:
         """Hold the store's flock; the store exists and has no stale git locks inside."""
-        try:
-            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise disk_error(f"cannot create {self.lock_path}", exc) from None
-        try:
-            delay = 0.01
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.25)
+        async with file_lock(self.lock_path):
             # We hold the lock, so any git lock file left inside is from a killed pull.
             await anyio.to_thread.run_sync(self._remove_stale_git_locks)
             if not (self.path / "HEAD").is_file():
                 await self._create()
             yield
-        finally:
-            os.close(fd)
 
     async def ensure(self) -> None:
         """Create the store if it does not exist yet (takes the lock only then)."""

@@ -21,6 +21,8 @@ carry a secret, in which case the chain is cut.
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
@@ -33,6 +35,7 @@ __all__ = [
     "SourceError",
     "TransientSourceError",
     "UnsafeContentError",
+    "disk_error",
 ]
 
 
@@ -99,3 +102,16 @@ class DestinationConflictError(PublishError):
     """The destination holds something runner-storage does not manage, or another source."""
 
     retryable = False
+
+
+def disk_error(what: str, exc: OSError) -> PublishError:
+    """Translate a local ``OSError`` into a one-line :class:`PublishError` with a hint."""
+    hints = {
+        errno.ENOSPC: "the disk is full: free space or lower retention",
+        errno.EDQUOT: "the disk quota is exceeded: free space or lower retention",
+        errno.EACCES: "permission denied: make the base path writable for this user",
+        errno.EPERM: "permission denied: make the base path writable for this user",
+        errno.EROFS: "the file system is read-only: use a writable base path",
+    }
+    hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
+    return PublishError(f"{what}: {hint}")

@@ -16,14 +16,12 @@ else lives here, once.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -31,6 +29,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
+from runner_storage._lock import file_lock
 from runner_storage.base import Revision, SyncResult
 from runner_storage.exceptions import (
     ConfigurationError,
@@ -38,6 +37,7 @@ from runner_storage.exceptions import (
     PublishError,
     RunnerStorageError,
     UnsafeContentError,
+    disk_error,
 )
 from runner_storage.state import METADATA_DIR, SourceState, age_seconds, read_state, utcnow
 
@@ -291,25 +291,8 @@ class Publisher:
             and state.digest == revision.digest
         )
 
-    @contextlib.asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise disk_error(f"cannot create {self.root}", exc) from None
-        try:
-            delay = 0.01
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.25)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return file_lock(self.root / "lock")
 
     def _checked_state(self) -> SourceState:
         state = self.state()
@@ -421,11 +404,31 @@ class Publisher:
                 with contextlib.suppress(FileNotFoundError):
                     if time.time() - child.lstat().st_mtime < self.grace_seconds:
                         continue
-            shutil.rmtree(child, ignore_errors=True)
+            self._discard(child)
             with contextlib.suppress(FileNotFoundError):
                 (self.manifests / f"{child.name}.json").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            # Manifests of versions that never made it into versions/ (a killed pull).
+            for manifest in self.manifests.iterdir():
+                if not (self.versions / manifest.name.removesuffix(".json")).is_dir():
+                    manifest.unlink(missing_ok=True)
         state.history = [e for e in state.history if (self.versions / e["version"]).exists()]
         self._write_state(state)
+
+    def _discard(self, version: Path) -> None:
+        """Delete a version without ever leaving part of it under ``versions/``.
+
+        It is first renamed into ``staging/`` (atomically), so a pull killed while deleting
+        leaves the rest where the next pull removes it, never a half-deleted version that a
+        later pull of the same revision would reuse as if it were complete.
+        """
+        doomed = self.staging / f"retired-{uuid.uuid4().hex}"
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+            os.rename(version, doomed)
+        except OSError:
+            return  # kept for now; the next retention tries again
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def check_contained(root: Path) -> None:
@@ -466,16 +469,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def disk_error(what: str, exc: OSError) -> PublishError:
-    """Translate a local ``OSError`` into a one-line :class:`PublishError` with a hint."""
-    hints = {
-        errno.ENOSPC: "the disk is full: free space or lower retention",
-        errno.EDQUOT: "the disk quota is exceeded: free space or lower retention",
-        errno.EACCES: "permission denied: make the base path writable for this user",
-        errno.EPERM: "permission denied: make the base path writable for this user",
-        errno.EROFS: "the file system is read-only: use a writable base path",
-    }
-    hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
-    return PublishError(f"{what}: {hint}")

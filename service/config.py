@@ -114,6 +114,13 @@ def _split_command(value: Any) -> Any:
     return value
 
 
+def _comma_list(value: Any) -> Any:
+    # "flows, lib" from an environment variable; lists from files pass through.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class HookSettings(_Strict):
     """What runs around a publish.
 
@@ -163,12 +170,7 @@ class SourceSettings(_Strict):
     max_failures: int | None = Field(default=None, ge=1)
     hooks: HookSettings = Field(default_factory=HookSettings)
 
-    @field_validator("directories", mode="before")
-    @classmethod
-    def _split_directories(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split_directories = field_validator("directories", mode="before")(_comma_list)
 
     @property
     def staleness_limit(self) -> float | None:
@@ -223,12 +225,7 @@ class DaemonSettings(BaseSettings):
     token: SecretStr | None = None
     token_file: Path | None = None
 
-    @field_validator("directories", mode="before")
-    @classmethod
-    def _split_directories(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split_directories = field_validator("directories", mode="before")(_comma_list)
 
     @model_validator(mode="after")
     def _check_sources(self) -> DaemonSettings:
