@@ -110,7 +110,8 @@ def validate_name(name: str) -> str:
         raise ConfigurationError("the destination name is empty: give the source a name")
     if "\0" in name or any(ord(c) < 32 for c in name) or "\\" in name:
         raise ConfigurationError(
-            f"destination name {name!r} contains control characters or backslashes"
+            f"destination name {name!r} contains control characters or backslashes: use a"
+            " plain relative name such as 'flows' or 'team/flows'"
         )
     path = PurePosixPath(name)
     if path.is_absolute() or any(part in ("..", ".") for part in path.parts):
@@ -120,7 +121,8 @@ def validate_name(name: str) -> str:
         )
     if path.parts[0].startswith((".", "-")):
         raise ConfigurationError(
-            f"destination name {name!r} starts with '.' or '-': those names are reserved"
+            f"destination name {name!r} starts with '.' or '-': those names are reserved;"
+            " choose another name"
         )
     return str(path)
 

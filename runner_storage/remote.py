@@ -9,11 +9,14 @@ atomically by :class:`~runner_storage.publish.Publisher`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import stat
+import string
 import uuid
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -233,7 +236,9 @@ class _RemoteBackend:
             UnsafeContentError: a key would leave the version, or keys conflict.
             CredentialsError, MissingDependencyError: the pull cannot start.
         """
-        listing = await anyio.to_thread.run_sync(self._list)
+        # A stalled or throttling store can keep fsspec busy for minutes inside the thread;
+        # abandon it on cancellation so the caller's timeout holds (it publishes nothing).
+        listing = await anyio.to_thread.run_sync(self._list, abandon_on_cancel=True)
         if not listing.entries:
             raise NotFoundError(
                 f"nothing to pull at {self._where}: the bucket or folder is missing or empty;"
@@ -259,7 +264,9 @@ class _RemoteBackend:
         fetch = await anyio.to_thread.run_sync(
             _link_unchanged, plan.link, plan.download, staging, previous
         )
-        await anyio.to_thread.run_sync(self._download, fetch, listing, staging)
+        await anyio.to_thread.run_sync(
+            self._download, fetch, listing, staging, abandon_on_cancel=True
+        )
         return Materialized(
             revision,
             files_fetched=len(fetch),
@@ -308,12 +315,43 @@ class _RemoteBackend:
                     f" (listed {entry.size} bytes, got {max(size, 0)}): the next pull lists"
                     " again (nothing was published)"
                 )
+        self._check_checksums(entries, pairs)
         try:
             for entry, (_, local) in zip(entries, pairs, strict=True):
                 os.rename(local, staging / entry.path)
             temporary.rmdir()
         except OSError as exc:
             raise disk_error(f"cannot place downloads in {staging}", exc) from None
+
+    def _check_checksums(self, entries: list[Entry], pairs: list[tuple[str, str]]) -> None:
+        """Catch an object rewritten with the same size after the listing.
+
+        Where the listing promises the content's MD5 (S3 single-part ETags, GCS md5Hash),
+        the download must match it. An S3 object encrypted with SSE-KMS or SSE-C has an
+        ETag that is not an MD5: when its ETag is still the listed one, it did not change.
+        """
+        suspects = [
+            (entry, remote)
+            for entry, (remote, local) in zip(entries, pairs, strict=True)
+            if (promised := _promised_md5(self._storage._protocol, entry.token)) is not None
+            and _md5_of(local) != promised
+        ]
+        if not suspects:
+            return
+        with self._filesystem() as fs:
+            for entry, remote in suspects:
+                if entry.token.startswith("ETag="):
+                    try:
+                        etag = fs.info(remote).get("ETag")
+                    except Exception as exc:  # noqa: BLE001 - the one translation boundary
+                        self._raise_translated(exc, downloading=True)
+                    if f"ETag={etag}" == entry.token:
+                        continue
+                raise TransientSourceError(
+                    f"object {entry.path!r} under {self._where} changed while downloading"
+                    " (its content does not match the listed checksum): the next pull lists"
+                    " again (nothing was published)"
+                )
 
     def _raise_translated(
         self, exc: Exception, *, staging: Path | None = None, downloading: bool = False
@@ -330,6 +368,27 @@ class _RemoteBackend:
         if chain:
             raise error from exc
         raise error from None
+
+
+def _promised_md5(protocol: str, token: str) -> bytes | None:
+    """The MD5 of the content that a listing token stands for, where the store says so."""
+    if protocol in ("s3", "s3a") and token.startswith("ETag="):
+        value = token.removeprefix("ETag=").strip('"')
+        if len(value) == 32 and all(c in string.hexdigits for c in value):
+            return bytes.fromhex(value)  # a multipart ETag ends in -N: not an MD5
+    if protocol in ("gs", "gcs") and token.startswith("md5Hash="):
+        with contextlib.suppress(ValueError):
+            digest = base64.b64decode(token.removeprefix("md5Hash="), validate=True)
+            return digest if len(digest) == 16 else None
+    return None
+
+
+def _md5_of(path: str) -> bytes:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.digest()
 
 
 def _link_unchanged(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+from pydantic import ValidationError
 
 from runner_storage import __version__
-from runner_storage.exceptions import ConfigurationError, RunnerStorageError
+from runner_storage.credentials import strip_url_credentials
+from runner_storage.exceptions import ConfigurationError, NotFoundError, RunnerStorageError
 from runner_storage.local import LocalStorage
 from runner_storage.managed import ManagedStorage
 from runner_storage.state import METADATA_DIR, SourceState, age_seconds, read_state
@@ -146,7 +149,9 @@ def _build_all(
         try:
             built.append((source, build_storage(source, settings)))
         except ConfigurationError as exc:
-            problems.append(f"sources[{index}] ({source.source}): {exc}")
+            # The source as given may carry credentials: never echo them.
+            shown = strip_url_credentials(source.source)
+            problems.append(f"sources[{index}] ({shown}): {exc}")
     names: dict[str, int] = {}
     for index, (_, storage) in enumerate(built):
         name = str(storage.destination)
@@ -171,7 +176,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         settings.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _UsageError([f"cannot create the root {settings.root}: {exc.strerror}"]) from None
+        raise _UsageError(
+            [
+                f"cannot create the root {settings.root}: {exc.strerror}; set root to a"
+                " directory this user can write"
+            ]
+        ) from None
     daemon = Daemon(settings, [SourceRuntime(source, storage) for source, storage in built])
     daemon.log.info(
         "daemon_starting",
@@ -180,7 +190,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         root=str(settings.root),
         once=args.once,
     )
-    return anyio.run(lambda: daemon.run(once=args.once, serve_http=serve_http))
+    code: int = anyio.run(lambda: daemon.run(once=args.once, serve_http=serve_http))
+    _exit_if_threads_linger(code)
+    return code
+
+
+def _exit_if_threads_linger(code: int) -> None:
+    """Exit at once if a transfer abandoned by a timeout or a signal still runs in a thread.
+
+    An object-store call cannot be interrupted inside its thread (a stalled or throttling
+    server can hold it for minutes); Python would wait for it at exit, and SIGTERM would no
+    longer stop the daemon promptly. Nothing such a thread does is ever published.
+    """
+    main = threading.main_thread()
+    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
@@ -197,12 +223,17 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     }
     try:
         source = SourceSettings(**options)
-        settings = DaemonSettings(root=(args.dest or Path.cwd()).resolve())
-    except ValueError as exc:
-        raise _UsageError([str(exc).splitlines()[0]]) from None
+        settings = DaemonSettings(root=_check_dest(args.dest or Path.cwd()))
+    except ValidationError as exc:
+        raise _UsageError([_option_problem(exc)]) from None
     ((_, storage),) = _build_all(settings.model_copy(update={"sources": [source]}))
     label = storage.redact(args.source) if isinstance(storage, ManagedStorage) else args.source
     try:
+        if isinstance(storage, LocalStorage) and not storage.destination.is_dir():
+            raise NotFoundError(
+                f"{storage.destination} does not exist or is not a directory: give an existing"
+                " folder, or a git or object-store URL"
+            )
         result = _with_progress(f"pulling {label}", lambda: anyio.run(storage.pull_code))
     except RunnerStorageError as exc:
         print(f"runner-storage: pull failed: {exc}", file=sys.stderr)
@@ -230,6 +261,27 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_dest(dest: Path) -> Path:
+    """``dest`` made absolute, after checking that it is or can become a directory."""
+    dest = dest.resolve()
+    for path in (dest, *dest.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise _UsageError([f"--dest {dest}: {path} is not a directory; choose a directory"])
+            break
+    return dest
+
+
+def _option_problem(exc: ValidationError) -> str:
+    """One line for the first invalid command-line value: the option and what is wrong."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if field == "source":
+        return "SOURCE is empty: give a git URL, an object-store URL (s3://...) or a path"
+    option = "--" + field.replace("_", "-") if field else "settings"
+    return f"{option}: {error['msg'].removeprefix('Value error, ')}"
+
+
 def _with_progress(label: str, work: Callable[[], Any], stream: TextIO = sys.stderr) -> Any:
     """Run ``work``, showing a spinner with the elapsed time when ``stream`` is a terminal."""
     if not stream.isatty():
@@ -240,11 +292,13 @@ def _with_progress(label: str, work: Callable[[], Any], stream: TextIO = sys.std
     def spin() -> None:
         frames = "|/-\\"
         index = 0
-        while not done.wait(0.1):
+        while True:  # the first frame at once, so even a quick pull shows what it did
             elapsed = time.monotonic() - started
             stream.write(f"\r{frames[index % 4]} {label} {elapsed:.1f}s")
             stream.flush()
             index += 1
+            if done.wait(0.1):
+                break
         stream.write("\r\033[K")
         stream.flush()
 
@@ -265,7 +319,7 @@ def _cmd_steps(args: argparse.Namespace) -> int:
         try:
             step = storage.to_pull_step()
         except ConfigurationError as exc:
-            problems.append(f"{source.source}: {exc}")
+            problems.append(f"{strip_url_credentials(source.source)}: {exc}")
             continue
         steps.append(step)
     if problems:
@@ -291,7 +345,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             failures += 1
             print(f"FAIL {name}: {exc}")
             continue
-        print(f"ok   {name}: {source.source if revision is None else revision}")
+        shown = strip_url_credentials(source.source) if revision is None else revision
+        print(f"ok   {name}: {shown}")
     return EXIT_FAILURE if failures else EXIT_OK
 
 
@@ -307,8 +362,6 @@ async def _resolve(storage: ManagedStorage | LocalStorage) -> str | None:
 def _cmd_status(args: argparse.Namespace) -> int:
     root = args.root
     if root is None:
-        import os  # noqa: PLC0415
-
         root = Path(os.environ.get("RUNNER_STORAGE_ROOT") or Path.cwd())
     try:
         states = _find_states(root)

@@ -383,9 +383,16 @@ def _describe(
         if origin == "environment":
             origin = f"environment variable {ENV_PREFIX}{top.upper()}"
         where = f" (from {origin})" if origin else ""
-        message = error["msg"].removeprefix("Value error, ")
+        message = error["msg"].removeprefix("Value error, ") + _HINTS.get(error["type"], "")
         problems.append(f"{location or 'settings'}: {message}{where}")
     return problems
+
+
+#: What to do about the pydantic errors whose message does not say it.
+_HINTS = {
+    "extra_forbidden": " (an unknown setting: check its spelling, or remove it)",
+    "missing": " (add it)",
+}
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:

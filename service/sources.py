@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from runner_storage.credentials import strip_url_credentials
 from runner_storage.exceptions import ConfigurationError
 from runner_storage.factory import create_storage_from_source
 from runner_storage.local import LocalStorage
@@ -42,19 +44,7 @@ def build_storage(source: SourceSettings, daemon: DaemonSettings) -> ManagedStor
         ConfigurationError: the options do not fit the source (one line, naming the option).
     """
     kind: Kind = detect_kind(source.source) if source.kind == "auto" else source.kind
-    if kind != "git":
-        for option in _GIT_ONLY:
-            if getattr(source, option):
-                raise ConfigurationError(
-                    f"{option} only applies to git sources, and {source.source!r} is {kind}"
-                )
-        if source.include_submodules or source.depth != 1:
-            raise ConfigurationError(
-                f"include_submodules and depth only apply to git sources, and"
-                f" {source.source!r} is {kind}"
-            )
-    if kind != "remote" and source.settings:
-        raise ConfigurationError(f"settings only apply to object-store sources, not {kind}")
+    _check_options(source, kind)
     retention: dict[str, Any] = {
         "keep_versions": daemon.keep_versions,
         "grace_period": daemon.grace_period,
@@ -67,8 +57,7 @@ def build_storage(source: SourceSettings, daemon: DaemonSettings) -> ManagedStor
             raise ConfigurationError(
                 "name does not apply to local sources: they are used where they are"
             )
-        path = source.source.split("://", 1)[1] if "://" in source.source else source.source
-        return LocalStorage(path, pull_interval=_interval(source))
+        return LocalStorage(_local_path(source.source), pull_interval=_interval(source))
     if kind == "git":
         from runner_storage.git import GitRepository  # noqa: PLC0415 - lazy backend import
 
@@ -98,6 +87,12 @@ def build_storage(source: SourceSettings, daemon: DaemonSettings) -> ManagedStor
     else:
         from runner_storage.remote import RemoteStorage  # noqa: PLC0415 - lazy backend import
 
+        if urlsplit(source.source).password is not None:
+            raise ConfigurationError(
+                f"source URL {strip_url_credentials(source.source)!r} has credentials in it:"
+                " remove them from the URL and give them as settings, e.g. secret = { env ="
+                ' "VAR" }, so they never reach files or logs'
+            )
         storage = RemoteStorage(
             source.source,
             pull_interval=_interval(source),
@@ -107,6 +102,34 @@ def build_storage(source: SourceSettings, daemon: DaemonSettings) -> ManagedStor
         )
     storage.set_base_path(Path(daemon.root))
     return storage
+
+
+def _check_options(source: SourceSettings, kind: Kind) -> None:
+    """Refuse options that do not apply to this kind of source."""
+    shown = strip_url_credentials(source.source)  # never echo credentials given in a URL
+    if kind != "git":
+        for option in _GIT_ONLY:
+            if getattr(source, option):
+                raise ConfigurationError(
+                    f"{option} only applies to git sources, and {shown!r} is {kind}"
+                )
+        if source.include_submodules or source.depth != 1:
+            raise ConfigurationError(
+                f"include_submodules and depth only apply to git sources, and {shown!r} is {kind}"
+            )
+    if kind != "remote" and source.settings:
+        raise ConfigurationError(f"settings only apply to object-store sources, not {kind}")
+
+
+def _local_path(source: str) -> str:
+    """The folder of a local source; a URL of another scheme is a mistake, not a path."""
+    scheme, separator, rest = source.partition("://")
+    if separator and scheme.lower() not in ("file", "local"):
+        raise ConfigurationError(
+            f"unsupported scheme {scheme!r} in source {source!r}: use a git URL (https, ssh,"
+            " git, file), an object-store URL (s3, gs, az, http...) or a path"
+        )
+    return rest if separator else source
 
 
 def _interval(source: SourceSettings) -> int | None:

@@ -17,5 +17,6 @@ pytest_plugins = [
     "servers.gcs",
     "servers.azurite",
     "servers.http_files",
+    "servers.fault_proxy",
     "daemon_process",
 ]

@@ -244,9 +244,13 @@ class TestHooks:
             ),
             what="a failed check",
         )
+        # The counter moves inside the check; the error is recorded when the pull returns.
+        wait_for(
+            lambda: "pre-publish check" in (daemon.sources()["code"]["last_error"] or ""),
+            what="the recorded check failure",
+        )
         assert published_revision(daemon, "code") == first
         assert not (daemon.root / "code" / "BROKEN").exists()
-        assert "pre-publish check" in daemon.sources()["code"]["last_error"]
 
     def test_exec_and_webhook_after_publish(
         self,

@@ -33,8 +33,8 @@ class GitDaemon:
         self.process.stop()
 
 
-def start_git_daemon(project_root: Path, log_dir: Path) -> GitDaemon:
-    """Start ``git daemon`` on a free loopback port serving ``project_root``."""
+def start_git_daemon(project_root: Path, log_dir: Path, *, port: int | None = None) -> GitDaemon:
+    """Start ``git daemon`` on a free loopback port (or ``port``) serving ``project_root``."""
     process = start_process(
         "git-daemon",
         lambda port: [
@@ -51,6 +51,7 @@ def start_git_daemon(project_root: Path, log_dir: Path) -> GitDaemon:
         ready=port_is_open,
         log_dir=log_dir,
         env=git_env(),
+        port=port,
     )
     return GitDaemon(process)
 

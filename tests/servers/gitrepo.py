@@ -156,7 +156,12 @@ class UpstreamRepo:
         """Make the work clone's ``branch`` match the bare repository (create it from main)."""
         self._work("fetch", "-q", "--prune", "--force", "origin")
         exists = run_git(
-            "rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}", cwd=self.work_path
+            "rev-parse",
+            "-q",
+            "--verify",
+            f"refs/remotes/origin/{branch}",
+            cwd=self.work_path,
+            check=False,
         ).returncode
         start = f"origin/{branch}" if exists == 0 else f"origin/{DEFAULT_BRANCH}"
         self._work("checkout", "-q", "-f", "-B", branch, start)

@@ -172,14 +172,15 @@ class S3Server:
             self._set_auth_count(previous)
 
 
-def start_s3_server(workdir: Path) -> S3Server:
-    """Start ``moto_server`` on a free loopback port (cwd and log in ``workdir``)."""
+def start_s3_server(workdir: Path, *, port: int | None = None) -> S3Server:
+    """Start ``moto_server`` on a free loopback port, or ``port`` (cwd and log in ``workdir``)."""
     process = start_process(
         "moto",
         lambda port: [MOTO_SERVER, "-H", LOOPBACK, "-p", str(port)],
         ready=lambda port: http_status("/moto-api/data.json", port) == 200,
         log_dir=workdir,
         cwd=workdir,
+        port=port,
     )
     return S3Server(process)
 

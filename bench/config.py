@@ -1,0 +1,60 @@
+"""Benchmark parameters: the sizes of issue 4 by default, small ones with ``--quick``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ALL_SCENARIOS = ("s3", "git", "many", "daemon", "retention")
+"""Scenario families: s3 = scenarios 1-3, git = 4-5, many = 6, daemon = 7, retention = the
+publisher-retention probe."""
+
+
+@dataclass
+class Params:
+    """Everything a run depends on besides the machine."""
+
+    rounds: int = 3
+    s3_rounds: int = 2
+    """Rounds of scenarios 1-3, the slow family: two peers re-download the whole bucket at
+    every pull (~13 s each), so three rounds would take the bench past 15 minutes."""
+    seed: int = 4
+    objects: int = 2000
+    max_object_kb: int = 1024
+    change_fraction: float = 0.01
+    git_files: int = 5000
+    git_commits: int = 200
+    sparse_directory: str = "pkg00"
+    many_sources: int = 10
+    daemon_git_sources: int = 10
+    daemon_s3_sources: int = 10
+    daemon_interval: float = 5.0
+    daemon_seconds: float = 60.0
+    retention_pulls: int = 4
+    concurrency: int = 4
+    scenarios: list[str] = field(default_factory=lambda: list(ALL_SCENARIOS))
+    quick: bool = False
+
+    @classmethod
+    def quick_defaults(cls) -> Params:
+        """A smoke run: every scenario, small sizes, one round."""
+        return cls(
+            rounds=1,
+            s3_rounds=1,
+            objects=200,
+            max_object_kb=256,
+            change_fraction=0.02,
+            git_files=500,
+            git_commits=20,
+            many_sources=3,
+            daemon_git_sources=2,
+            daemon_s3_sources=2,
+            daemon_interval=2.0,
+            daemon_seconds=10.0,
+            retention_pulls=2,
+            quick=True,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The parameters as recorded in the results file."""
+        return asdict(self)

@@ -1,0 +1,1 @@
+"""Scenario families of the benchmark, one module each."""
