@@ -145,23 +145,22 @@ class Source:
         return RemoteStorage(self.url(path), **{**self.settings(), **options})
 
 
-class S3Source(Source):
-    """A fresh bucket on the session's moto server."""
+class BucketSource(Source):
+    """A fresh bucket on a session's object-store server (moto or the GCS emulator)."""
 
-    kind = "s3"
-    has_markers = True
+    scheme: str
 
-    def __init__(self, server: S3Server) -> None:
+    def __init__(self, server: S3Server | GCSServer) -> None:
         self.server = server
         self.bucket = server.new_bucket()
 
     @override
     def url(self, path: str) -> str:
-        return f"s3://{self.bucket}/{path}"
+        return f"{self.scheme}://{self.bucket}/{path}"
 
     @override
     def missing_root_url(self) -> str:
-        return f"s3://missing-{uuid.uuid4().hex[:12]}/flows"
+        return f"{self.scheme}://missing-{uuid.uuid4().hex[:12]}/flows"
 
     @override
     def settings(self) -> dict[str, Any]:
@@ -178,6 +177,18 @@ class S3Source(Source):
     @override
     def reset_counts(self) -> None:
         self.server.reset_requests()
+
+    @override
+    def requests(self) -> int:
+        return len(self.server.requests())
+
+
+class S3Source(BucketSource):
+    """A fresh bucket on the session's moto server."""
+
+    kind = scheme = "s3"
+    has_markers = True
+    server: S3Server
 
     @override
     def reads(self) -> list[str]:
@@ -188,44 +199,13 @@ class S3Source(Source):
             if r.method == "GET" and r.path.startswith(prefix) and len(r.path) > len(prefix)
         )
 
-    @override
-    def requests(self) -> int:
-        return len(self.server.requests())
 
-
-class GCSSource(Source):
+class GCSSource(BucketSource):
     """A fresh bucket on the session's GCS emulator."""
 
-    kind = "gs"
+    kind = scheme = "gs"
     accepts_empty = False
-
-    def __init__(self, server: GCSServer) -> None:
-        self.server = server
-        self.bucket = server.new_bucket()
-
-    @override
-    def url(self, path: str) -> str:
-        return f"gs://{self.bucket}/{path}"
-
-    @override
-    def missing_root_url(self) -> str:
-        return f"gs://missing-{uuid.uuid4().hex[:12]}/flows"
-
-    @override
-    def settings(self) -> dict[str, Any]:
-        return self.server.storage_options()
-
-    @override
-    def put(self, path: str, data: bytes) -> None:
-        self.server.put(self.bucket, path, data)
-
-    @override
-    def delete(self, path: str) -> None:
-        self.server.delete(self.bucket, path)
-
-    @override
-    def reset_counts(self) -> None:
-        self.server.reset_requests()
+    server: GCSServer
 
     @override
     def reads(self) -> list[str]:
@@ -234,10 +214,6 @@ class GCSSource(Source):
             for r in self.server.requests()
             if "alt=media" in r.query
         )
-
-    @override
-    def requests(self) -> int:
-        return len(self.server.requests())
 
 
 class AzureRequestLog(logging.Handler):
