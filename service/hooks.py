@@ -57,6 +57,11 @@ class PublishEvent:
         }
 
 
+def _inherited_environment() -> dict[str, str]:
+    # The daemon's own settings (tokens among them) are not the hook's business.
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNNER_STORAGE_")}
+
+
 async def _run(command: list[str], *, cwd: Path, env: Mapping[str, str], timeout: float) -> str:
     """Run ``command``; return "" on success or a one-line description of the failure."""
     try:
@@ -64,7 +69,7 @@ async def _run(command: list[str], *, cwd: Path, env: Mapping[str, str], timeout
             result = await anyio.run_process(
                 command,
                 cwd=cwd,
-                env={**os.environ, **env},
+                env={**_inherited_environment(), **env},
                 check=False,
                 stdin=subprocess.DEVNULL,
             )

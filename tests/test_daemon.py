@@ -263,12 +263,16 @@ class TestHooks:
         url, received = webhook_receiver
         repo = upstream_repo()
         marker = tmp_path / "hook.out"
-        command = f"sh -c 'echo $RUNNER_STORAGE_NEW_REVISION $PWD > {marker}'"
+        command = (
+            f"sh -c 'echo $RUNNER_STORAGE_NEW_REVISION $PWD"
+            f" ${{RUNNER_STORAGE_SYNC_TOKEN:-no-token}} > {marker}'"
+        )
         daemon = start_daemon(
             'root = "{root}"\n'
             + git_source(
                 repo.file_url, "code", f'hooks = {{ exec = "{command}", webhook = "{url}" }}'
             ),
+            env={"RUNNER_STORAGE_SYNC_TOKEN": TOKEN},
             wait_ready=True,
         )
         wait_for(lambda: received, what="the webhook")
@@ -277,8 +281,9 @@ class TestHooks:
         assert received[0]["new_revision"] == repo.head()
         assert received[0]["path"] == str(daemon.root / "code")
         wait_for(marker.exists, what="the exec hook")
-        revision, cwd = marker.read_text().split()
+        revision, cwd, token = marker.read_text().split()
         assert revision == repo.head()
+        assert token == "no-token"  # the daemon's own secrets stay out of hooks
         assert Path(cwd).resolve() == (daemon.root / "code").resolve()
 
 
