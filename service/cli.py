@@ -127,7 +127,10 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
-        raise _UsageError(exc.problems) from None
+        # The sources that are valid on their own still get their per-kind checks, so that
+        # every problem is reported at once.
+        _, problems = _build_sources(exc.sources, DaemonSettings.model_construct())
+        raise _UsageError(exc.problems + problems) from None
     if not settings.all_sources():
         raise _UsageError(
             [
@@ -141,29 +144,62 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
 def _build_all(
     settings: DaemonSettings,
 ) -> list[tuple[SourceSettings, ManagedStorage | LocalStorage]]:
+    built, problems = _build_sources(list(enumerate(settings.all_sources())), settings)
+    if problems:
+        raise _UsageError(problems)
+    return built
+
+
+def _build_sources(
+    sources: list[tuple[int, SourceSettings]], settings: DaemonSettings
+) -> tuple[list[tuple[SourceSettings, ManagedStorage | LocalStorage]], list[str]]:
+    """Build each source's storage; the problems, one line each, name the source's index."""
     from service.sources import build_storage  # noqa: PLC0415 - imports the backends
 
-    built = []
+    built: list[tuple[int, SourceSettings, ManagedStorage | LocalStorage]] = []
     problems = []
-    for index, source in enumerate(settings.all_sources()):
+    for index, source in sources:
         try:
-            built.append((source, build_storage(source, settings)))
+            built.append((index, source, build_storage(source, settings)))
         except ConfigurationError as exc:
             # The source as given may carry credentials: never echo them.
             shown = strip_url_credentials(source.source)
             problems.append(f"sources[{index}] ({shown}): {exc}")
-    names: dict[str, int] = {}
-    for index, (_, storage) in enumerate(built):
-        name = str(storage.destination)
-        if name in names:
-            problems.append(
-                f"sources[{index}] publishes to {name}, as sources[{names[name]}] does;"
-                " give one of them another name"
-            )
-        names[name] = index
-    if problems:
-        raise _UsageError(problems)
-    return built
+    problems += _destination_conflicts(built)
+    return [(source, storage) for _, source, storage in built], problems
+
+
+def _destination_conflicts(
+    built: list[tuple[int, SourceSettings, ManagedStorage | LocalStorage]],
+) -> list[str]:
+    """Sources that would use the same folder, or publish one inside another's.
+
+    One line per source at most; equal explicit names are left to the settings check,
+    which reports them already.
+    """
+    problems = []
+    seen: list[tuple[int, SourceSettings, Path, bool]] = []
+    for index, source, storage in built:
+        destination, managed = storage.destination, isinstance(storage, ManagedStorage)
+        for other, other_source, other_path, other_managed in seen:
+            if destination == other_path:
+                if source.name is None or source.name != other_source.name:
+                    problems.append(
+                        f"sources[{index}] uses {destination}, as sources[{other}] does;"
+                        " give one of them another name"
+                    )
+                break
+            if (managed and other_managed) and (
+                other_path in destination.parents or destination in other_path.parents
+            ):
+                problems.append(
+                    f"sources[{index}] publishes to {destination}, which nests with"
+                    f" sources[{other}]'s {other_path}; give them names that do not contain"
+                    " each other"
+                )
+                break
+        seen.append((index, source, destination, managed))
+    return problems
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

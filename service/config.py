@@ -10,6 +10,7 @@ and where its value came from.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Mapping
@@ -51,11 +52,18 @@ ENV_PREFIX = "RUNNER_STORAGE_"
 
 
 class SettingsError(Exception):
-    """Settings are invalid; ``problems`` holds one readable line per problem."""
+    """Settings are invalid; ``problems`` holds one readable line per problem.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``sources`` holds the sources that are valid on their own, by their index in the full
+    list, so that callers can run their own checks on them and report everything at once.
+    """
+
+    def __init__(
+        self, problems: list[str], sources: list[tuple[int, SourceSettings]] | None = None
+    ) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.sources = sources or []
 
 
 class _Strict(BaseModel):
@@ -227,17 +235,27 @@ class DaemonSettings(BaseSettings):
 
     _split_directories = field_validator("directories", mode="before")(_comma_list)
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values given: :func:`load_settings` reads and merges the sources itself.
+
+        Otherwise building or validating settings would read ``os.environ`` behind the
+        caller's back (``load_settings(environ=...)``, ``runner-storage pull``).
+        """
+        return (init_settings,)
+
     @model_validator(mode="after")
     def _check_sources(self) -> DaemonSettings:
-        if self.source is None and any(
-            getattr(self, f) is not None
-            for f in ("branch", "commit_sha", "directories", "token", "token_file", "username")
-        ):
-            raise ValueError("single-source options are set but RUNNER_STORAGE_SOURCE is not")
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give either token or token_file, not both")
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max must not be smaller than backoff_initial")
+        problems = _cross_field_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(message for _, message in problems))
         return self
 
     def all_sources(self) -> list[SourceSettings]:
@@ -318,11 +336,18 @@ def load_settings(
     values: dict[str, Any] = {}
     for _, source in reversed(named):
         values.update(source())
+    # Checks that span several settings run on the raw values too, so that they are reported
+    # together with the field errors instead of only once those are fixed.
+    provided = [(origin, source()) for origin, source in named]
+    problems = [
+        _problem(location, message, provided) for location, message in _cross_field_problems(values)
+    ]
     try:
         settings = DaemonSettings.model_validate(values)
-        _check_unique_names(settings)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, named)) from None
+        raise SettingsError(_describe(exc, provided) + problems, _valid_sources(values)) from None
+    if problems:
+        raise SettingsError(problems, list(enumerate(settings.all_sources())))
     return settings
 
 
@@ -355,37 +380,124 @@ class _SecretsSource(SecretsSettingsSource):
         super().__init__(DaemonSettings, secrets_dir=directory, case_sensitive=False)
 
 
-def _check_unique_names(settings: DaemonSettings) -> None:
-    seen: dict[str, int] = {}
-    problems = []
-    for index, source in enumerate(settings.all_sources()):
-        if source.name is None:
-            continue
-        if source.name in seen:
-            problems.append(
-                f"sources[{index}].name: {source.name!r} is also the name of"
-                f" sources[{seen[source.name]}]; names must be unique"
+#: Options of the single environment-described source; they need ``RUNNER_STORAGE_SOURCE``.
+_SINGLE_SOURCE_OPTIONS = ("branch", "commit_sha", "directories", "token", "token_file", "username")
+
+
+def _cross_field_problems(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
+    """Problems that span several settings, as (location, message) pairs.
+
+    Works on raw, unvalidated values as well as on a validated model's dump: anything of an
+    unexpected type is left to the field validation, which reports it.
+    """
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    if values.get("source") is None:
+        problems += [
+            (
+                (key,),
+                f"applies to the single source, but source ({ENV_PREFIX}SOURCE) is not set:"
+                f" set it, or remove {key}",
             )
-        seen[source.name] = index
-    if problems:
-        raise SettingsError(problems)
-
-
-def _describe(
-    exc: ValidationError, named: list[tuple[str, PydanticBaseSettingsSource]]
-) -> list[str]:
-    problems = []
-    provided = [(origin, source()) for origin, source in named]
-    for error in exc.errors(include_url=False, include_input=False):
-        location = _format_location(error["loc"])
-        top = str(error["loc"][0]) if error["loc"] else ""
-        origin = next((o for o, values in provided if top in values), None)
-        if origin == "environment":
-            origin = f"environment variable {ENV_PREFIX}{top.upper()}"
-        where = f" (from {origin})" if origin else ""
-        message = error["msg"].removeprefix("Value error, ") + _HINTS.get(error["type"], "")
-        problems.append(f"{location or 'settings'}: {message}{where}")
+            for key in _SINGLE_SOURCE_OPTIONS
+            if values.get(key) is not None
+        ]
+    if values.get("token") is not None and values.get("token_file") is not None:
+        problems.append((("token_file",), "give either token or token_file, not both"))
+    initial, maximum = _number(values.get("backoff_initial")), _number(values.get("backoff_max"))
+    if initial is not None and maximum is not None and maximum < initial:
+        problems.append(
+            (("backoff_max",), f"must not be smaller than backoff_initial ({initial:g})")
+        )
+    problems += _duplicate_names(values)
     return problems
+
+
+def _duplicate_names(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
+    sources = values.get("sources")
+    entries: list[tuple[tuple[int | str, ...], Any]] = []
+    if isinstance(sources, list):
+        entries = [
+            (("sources", index, "name"), entry.get("name"))
+            for index, entry in enumerate(sources)
+            if isinstance(entry, Mapping)
+        ]
+    if values.get("source") is not None:
+        entries.append((("name",), values.get("name")))
+    seen: dict[str, tuple[int | str, ...]] = {}
+    problems: list[tuple[tuple[int | str, ...], str]] = []
+    for location, name in entries:
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(
+                (
+                    location,
+                    f"{name!r} is also the name of {_format_location(seen[name][:-1])};"
+                    " names must be unique",
+                )
+            )
+        else:
+            seen[name] = location
+    return problems
+
+
+def _valid_sources(values: Mapping[str, Any]) -> list[tuple[int, SourceSettings]]:
+    """The configured sources that validate on their own, with their index."""
+    entries = values.get("sources")
+    entries = list(entries) if isinstance(entries, list) else []
+    if values.get("source") is not None:
+        single = ("source", "name", "pull_interval", *_SINGLE_SOURCE_OPTIONS)
+        with contextlib.suppress(ValidationError):  # each bad field is reported already
+            entries.append(
+                DaemonSettings.model_validate(
+                    {key: values[key] for key in single if key in values}
+                )._env_source()
+            )
+    valid = []
+    for index, entry in enumerate(entries):
+        try:
+            valid.append((index, SourceSettings.model_validate(entry)))
+        except ValidationError:
+            continue
+    return valid
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _problem(
+    loc: tuple[int | str, ...], message: str, provided: list[tuple[str, dict[str, Any]]]
+) -> str:
+    """One line: the setting, what is wrong, and where the value came from."""
+    top = str(loc[0]) if loc else ""
+    origin = next((o for o, values in provided if top in values), None)
+    if origin == "environment":
+        origin = f"environment variable {ENV_PREFIX}{top.upper()}"
+    where = f" (from {origin})" if origin else ""
+    return f"{_format_location(loc) or 'settings'}: {message}{where}"
+
+
+def _describe(exc: ValidationError, provided: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The field errors, one line each.
+
+    Whole-model errors are the cross-field checks, which :func:`load_settings` reports
+    itself, one line per problem.
+    """
+    return [
+        _problem(
+            error["loc"],
+            error["msg"].removeprefix("Value error, ") + _HINTS.get(error["type"], ""),
+            provided,
+        )
+        for error in exc.errors(include_url=False, include_input=False)
+        if error["loc"]
+    ]
 
 
 #: What to do about the pydantic errors whose message does not say it.

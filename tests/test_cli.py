@@ -66,6 +66,16 @@ class TestPull:
         assert result["revision"] == repo.head()
         assert result["destination"] == str(dest / "flows")
 
+    def test_a_sidecars_environment_does_not_leak_into_pull(
+        self, tmp_path: Path, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """``pull`` run inside a configured container pulls what it is told, and only that."""
+        repo = upstream_repo()
+        sidecar = {"RUNNER_STORAGE_SOURCE": "s3://bucket/flows", "RUNNER_STORAGE_HTTP_PORT": "x"}
+        result = cli("pull", repo.file_url, "--dest", str(tmp_path), "--name", "a", env=sidecar)
+        assert result.returncode == 0, result.stderr
+        assert sorted(path.name for path in tmp_path.iterdir()) == [".runner-storage", "a"]
+
     def test_sparse_directories(self, tmp_path: Path, upstream_repo: UpstreamRepoFactory) -> None:
         """--directories publishes only those directories (and top-level files)."""
         repo = upstream_repo()
@@ -220,9 +230,32 @@ class TestRun:
         lines = result.stderr.strip().splitlines()
         assert lines == [
             "runner-storage: sources[1].pull_interval: Input should be greater than 0"
-            f" (from {path})"
+            f" (from {path})",
+            "runner-storage: sources[0] (s3://b/p): branch only applies to git sources, and"
+            " 's3://b/p' is remote",
         ]
         assert not (tmp_path / "root").exists()
+
+    def test_sources_that_would_share_or_nest_folders(self, tmp_path: Path) -> None:
+        """Two sources publishing to one folder, or one inside another, are refused up front."""
+        path = config_file(
+            tmp_path,
+            '[[sources]]\nsource = "https://git.example/org/flows.git"\ndirectories = "a"\n'
+            '[[sources]]\nsource = "https://git.example/org/flows.git"\ndirectories = "b"\n'
+            '[[sources]]\nname = "team"\nsource = "s3://bucket/a"\n'
+            '[[sources]]\nname = "team/models"\nsource = "s3://bucket/b"\n',
+        )
+        result = cli("check", "--config", str(path))
+        assert result.returncode == 2
+        root = tmp_path / "root"
+        assert result.stderr.strip().splitlines() == [
+            f"runner-storage: sources[1] uses {root / 'flows'}, as sources[0] does; give one"
+            " of them another name",
+            f"runner-storage: sources[3] publishes to {root / 'team' / 'models'}, which nests"
+            f" with sources[2]'s {root / 'team'}; give them names that do not contain each"
+            " other",
+        ]
+        assert not root.exists()
 
     def test_option_that_does_not_fit_the_source(self, tmp_path: Path) -> None:
         """A git-only option on an object-store source is refused, naming both."""

@@ -159,8 +159,62 @@ class TestErrors:
 
     def test_single_source_options_without_source(self) -> None:
         """RUNNER_STORAGE_BRANCH without RUNNER_STORAGE_SOURCE is an error, not ignored."""
-        with pytest.raises(SettingsError, match="RUNNER_STORAGE_SOURCE is not"):
+        with pytest.raises(SettingsError) as caught:
             load_settings(environ={"RUNNER_STORAGE_BRANCH": "main"})
+        assert caught.value.problems == [
+            "branch: applies to the single source, but source (RUNNER_STORAGE_SOURCE) is not"
+            " set: set it, or remove branch (from environment variable RUNNER_STORAGE_BRANCH)"
+        ]
+
+    def test_checks_across_fields_come_with_the_field_errors(self, tmp_path: Path) -> None:
+        """Duplicate names, backoff order and single-source options are not held back.
+
+        They are listed together with the field errors, so one edit fixes everything.
+        """
+        path = write(
+            tmp_path,
+            "c.toml",
+            'http_port = "eighty"\nbackoff_initial = 10\nbackoff_max = 1\n'
+            '[[sources]]\nname = "a"\nsource = "x"\ntimeout = -1\n'
+            '[[sources]]\nname = "a"\nsource = "y"\n',
+        )
+        environ = {"RUNNER_STORAGE_TOKEN": "t", "RUNNER_STORAGE_TOKEN_FILE": "/t"}
+        with pytest.raises(SettingsError) as caught:
+            load_settings(path, environ=environ)
+        problems = caught.value.problems
+        assert [problem.split(":")[0] for problem in problems] == [
+            "http_port",
+            "sources[0].timeout",
+            "token",
+            "token_file",
+            "token_file",
+            "backoff_max",
+            "sources[1].name",
+        ]
+        assert problems[-1] == (
+            f"sources[1].name: 'a' is also the name of sources[0]; names must be unique"
+            f" (from {path})"
+        )
+        assert problems[-2].startswith("backoff_max: must not be smaller than backoff_initial")
+        # The sources that are valid on their own are handed on for further checks.
+        assert [(index, source.source) for index, source in caught.value.sources] == [(1, "y")]
+
+    def test_environment_source_name_clashes_with_a_file_source(self, tmp_path: Path) -> None:
+        """The single environment source may not take a name a file source already has."""
+        path = write(tmp_path, "c.toml", '[[sources]]\nname = "a"\nsource = "x"\n')
+        with pytest.raises(SettingsError) as caught:
+            load_settings(path, environ={"RUNNER_STORAGE_SOURCE": "y", "RUNNER_STORAGE_NAME": "a"})
+        assert caught.value.problems == [
+            "name: 'a' is also the name of sources[0]; names must be unique"
+            " (from environment variable RUNNER_STORAGE_NAME)"
+        ]
+
+    def test_only_the_given_environment_is_read(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """load_settings(environ=...) and DaemonSettings() never read os.environ themselves."""
+        monkeypatch.setenv("RUNNER_STORAGE_HTTP_PORT", "not-a-port")
+        monkeypatch.setenv("RUNNER_STORAGE_SOURCE", "s3://bucket/flows")
+        assert load_settings(environ={}).http_port == 8080
+        assert DaemonSettings().all_sources() == []
 
     def test_missing_file(self, tmp_path: Path) -> None:
         """A config path that does not exist says so."""
