@@ -10,6 +10,11 @@ one addition driven by the environment:
     with SIGSTOP, *before* the operation happens. The test then sees the marker, inspects
     the disk in that exact state, and kills the process with SIGKILL.
 
+``RS_PAUSE_MODE=thread``
+    hold only the thread that reached the point (as a hung disk or network call would),
+    forever, instead of stopping the whole process: the event loop and its signal
+    handling keep running.
+
 Audit hooks (PEP 578) see every file operation the library makes, in whatever thread, so
 no test hook is needed in the code under test. Nothing here changes behaviour when
 ``RS_PAUSE_AT`` is unset.
@@ -24,7 +29,7 @@ import threading
 from typing import Any
 
 
-def _install(spec: str, marker: str) -> None:
+def _install(spec: str, marker: str, *, whole_process: bool) -> None:
     event_name, substring, count = spec.split("|")
     wanted = int(count)
     lock = threading.Lock()
@@ -46,7 +51,10 @@ def _install(spec: str, marker: str) -> None:
         os.write(fd, f"{event} {first}\n".encode(errors="replace"))
         os.close(fd)
         os.rename(marker + ".tmp", marker)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        if whole_process:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        else:
+            threading.Event().wait()
 
     sys.addaudithook(hook)
 
@@ -55,7 +63,8 @@ def main() -> int:
     """Install the pause point, then run the CLI with our arguments."""
     spec = os.environ.get("RS_PAUSE_AT")
     if spec:
-        _install(spec, os.environ["RS_PAUSE_MARKER"])
+        whole_process = os.environ.get("RS_PAUSE_MODE", "process") == "process"
+        _install(spec, os.environ["RS_PAUSE_MARKER"], whole_process=whole_process)
     from service.cli import main as cli_main  # imported after the hook is in place
 
     return cli_main(sys.argv[1:])

@@ -136,6 +136,20 @@ class CLIRun:
             time.sleep(0.005)
         return self.marker.read_text().strip()
 
+    def wait_held(self, timeout: float = 60) -> str:
+        """Wait until a thread of the CLI is held at its pause point; return the event."""
+        deadline = time.monotonic() + timeout
+        while not self.marker.exists():
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"the CLI exited ({self.popen.returncode}) before its pause point:\n"
+                    + self.output()
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the CLI did not reach its pause point:\n{self.output()}")
+            time.sleep(0.005)
+        return self.marker.read_text().strip()
+
     def kill(self) -> None:
         """SIGKILL the CLI and all its children; wait until they are gone."""
         victims = {self.pid} | descendants(self.pid)
@@ -158,13 +172,18 @@ def start_cli(
     workdir: Path,
     env: Mapping[str, str] | None = None,
     pause_at: str | None = None,
+    hold_thread: bool = False,
 ) -> CLIRun:
-    """Start ``runner-storage ARGS`` (frozen at ``pause_at``, see :mod:`fault_points`)."""
+    """Start ``runner-storage ARGS`` (frozen at ``pause_at``, see :mod:`fault_points`).
+
+    With ``hold_thread`` only the thread that reaches ``pause_at`` stops, forever.
+    """
     marker = workdir / f"paused-{time.monotonic_ns()}"
     log = workdir / f"cli-{time.monotonic_ns()}.log"
     environ = {**os.environ, **(env or {})}
     if pause_at is not None:
         environ.update(RS_PAUSE_AT=pause_at, RS_PAUSE_MARKER=str(marker))
+        environ.update(RS_PAUSE_MODE="thread" if hold_thread else "process")
     with log.open("wb") as out:
         popen = subprocess.Popen(
             [sys.executable, FAULT_POINTS, *args],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from daemon_process import DaemonFactory, RunningDaemon, wait_for
+from fault_tools import leftovers, run_cli, start_cli, stopped_on_exit
 from servers.gitrepo import UpstreamRepoFactory
 from servers.procs import LOOPBACK, ThreadedHTTPServerHandle
 
@@ -181,6 +182,37 @@ class TestLifecycle:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_exit(timeout=10) == 0
         assert daemon.events("daemon_stopped")
+
+    def test_a_second_signal_exits_at_once(
+        self, tmp_path: Path, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """When a clean stop is stuck (here: a hung disk call), a second SIGTERM ends it.
+
+        The first SIGTERM waits for the work in flight; the second exits at once with
+        128 + signal, publishing nothing; the next start cleans up and publishes.
+        """
+        repo = upstream_repo()
+        root = tmp_path / "root"
+        config = tmp_path / "config.toml"
+        config.write_text(f'root = "{root}"\nhttp_port = 0\n' + git_source(repo.file_url, "code"))
+        run = start_cli(
+            ["run", "--config", str(config)],
+            workdir=tmp_path,
+            pause_at="os.mkdir|/staging/|1",
+            hold_thread=True,
+        )
+        with stopped_on_exit(run):
+            assert run.wait_held().startswith("os.mkdir")
+            os.kill(run.pid, signal.SIGTERM)
+            wait_for(lambda: "daemon_stopping" in run.output(), what="the first signal")
+            assert run.popen.poll() is None  # still waiting for the hung call
+            os.kill(run.pid, signal.SIGTERM)
+            assert run.wait(timeout=10) == 128 + signal.SIGTERM
+        assert not (root / "code").exists()
+        code, output = run_cli(["run", "--once", "--config", str(config)], workdir=tmp_path)
+        assert code == 0, output
+        assert (root / "code" / "README.md").is_file()
+        assert leftovers(root, "code") == []
 
     def test_max_failures_exits_non_zero(self, start_daemon: DaemonFactory, tmp_path: Path) -> None:
         """A source that reaches max_failures makes the daemon exit 1, for a restart."""
