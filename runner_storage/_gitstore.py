@@ -90,7 +90,14 @@ class ObjectStore:
             await anyio.to_thread.run_sync(self._remove_stale_git_locks)
             if not (self.path / "HEAD").is_file():
                 await self._create()
-            yield
+            try:
+                yield
+            except BaseException:
+                # A failed fetch (a full disk, a timeout) gives its space back now, not at
+                # the next pull: that one might never come if the disk stays full.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._remove_stale_git_locks)
+                raise
 
     async def ensure(self) -> None:
         """Create the store if it does not exist yet (takes the lock only then)."""
@@ -116,6 +123,13 @@ class ObjectStore:
         candidates = [self.path / name for name in ("shallow.lock", "packed-refs.lock")]
         candidates += [self.path / "config.lock", self.path / "HEAD.lock"]
         candidates += self.path.glob("index-*")  # throwaway checkout indexes
+        # Objects and packs a killed or failed (disk full) fetch was still writing: git
+        # never reuses or removes them, so without this the space never comes back.
+        objects = self.path / "objects"
+        candidates += objects.glob("??/tmp_obj_*")
+        candidates += objects.glob("pack/tmp_pack_*")
+        candidates += objects.glob("pack/tmp_idx_*")
+        candidates += objects.glob("pack/tmp_rev_*")
         refs = self.path / "refs"
         if refs.is_dir():
             candidates += refs.rglob("*.lock")

@@ -130,6 +130,11 @@ def _parse_scheme_url(url: str, shown: str) -> RemoteURL:
             " pass credentials={'access_token': Secret.from_env('TOKEN')} instead, so they"
             " never reach files or logs"
         )
+    if scheme != "file" and any(character.isspace() for character in url):
+        raise ConfigurationError(
+            f"repository URL {shown!r} contains whitespace: percent-encode it (a space is"
+            " %20) or remove it"
+        )
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError(

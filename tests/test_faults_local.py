@@ -142,12 +142,6 @@ class TestFullDisk:
         assert staging_bytes(root) == 0
         assert leftovers(root, NAME) == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="git leaves its partial object (objects/??/tmp_obj_*, objects/pack/tmp_pack_*)"
-        " in the object store after ENOSPC, so the disk stays full and every later pull"
-        " fails; _gitstore.py must remove them (see the report of issue 5)",
-    )
     def test_git_failed_pull_gives_the_space_back(
         self,
         small_disk: SmallDisk,

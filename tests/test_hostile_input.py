@@ -166,13 +166,8 @@ CASES: dict[str, Case] = {
     "url-ssh-option-host": Case(
         2, "has no valid host", lambda b: b.pull(f"ssh://-oProxyCommand=touch%20{b.pwned}/r.git")
     ),
-    "url-spaces": pytest.param(  # type: ignore[dict-item]
-        Case(2, "whitespace", lambda b: b.pull("https://127.0.0.1:9/my repo.git")),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="_giturl.parse_remote_url lets inner whitespace through: exit 1, 'will be"
-            " retried' (see the report of issue 5)",
-        ),
+    "url-spaces": Case(
+        2, "contains whitespace", lambda b: b.pull("https://127.0.0.1:9/my repo.git")
     ),
     "url-non-ascii": Case(
         1, "check the URL", lambda b: b.pull(f"{b.git_daemon.base_url}/dépôt-ünïcode.git")
