@@ -105,10 +105,13 @@ async def export_tree(
     *,
     directories: Sequence[str],
     baseline: Baseline | None,
+    also: Sequence[Sequence[str]] = (),
 ) -> ExportedTree:
     """Write commit ``sha``'s (sparse) tree into the existing empty directory ``target``.
 
-    Submodules become empty directories; their commits are in ``gitlinks``.
+    Submodules become empty directories; their commits are in ``gitlinks``. ``also`` lists
+    the ``directories`` of other sources of this store and commit: the contents they lack
+    are fetched in the same request as ours.
 
     Raises:
         UnsafeContentError: a path in the tree is unsafe.
@@ -123,7 +126,7 @@ async def export_tree(
     if baseline is not None and reusable:
         linked = await anyio.to_thread.run_sync(_link_files, reusable, baseline.root, target)
     to_write = [entry for entry in selected if entry.path not in linked]
-    await _ensure_blobs(store, sha, to_write)
+    await _ensure_blobs(store, sha, entries, [tuple(directories), *map(tuple, also)])
     await _checkout(store, to_write, target)
     return ExportedTree(
         sha=sha,
@@ -192,16 +195,34 @@ def _link_files(entries: Sequence[TreeEntry], source: Path, target: Path) -> set
     return linked
 
 
-async def _ensure_blobs(store: ObjectStore, sha: str, entries: Sequence[TreeEntry]) -> None:
-    """Fetch, in one request, the contents a blobless fetch left out."""
-    needed = {entry.oid for entry in entries if entry.is_blob}
-    if not needed:
+#: Per object store: a commit, and the ``directories`` whose file contents are all there.
+#: Lets the sources of one repository skip asking git what is missing, one after another.
+_complete_cones: dict[Path, tuple[str, set[tuple[str, ...]]]] = {}
+
+
+async def _ensure_blobs(
+    store: ObjectStore, sha: str, entries: Sequence[TreeEntry], cones: Sequence[tuple[str, ...]]
+) -> None:
+    """Fetch, in one request, the contents a blobless fetch left out of every cone.
+
+    ``cones[0]`` is the tree being exported, the rest belong to other sources of the same
+    commit; ``()`` is the whole tree.
+    """
+    known_sha, complete = _complete_cones.get(store.path, ("", set()))
+    if known_sha != sha:
+        complete = set()
+    if cones[0] in complete or () in complete:
         return
-    missing = needed & await store.missing_objects(sha)
+    wanted = {cone for cone in cones if cone not in complete}
+    needed = {
+        entry.oid for cone in wanted for entry in select_entries(entries, cone) if entry.is_blob
+    }
+    missing = needed & await store.missing_objects(sha) if needed else set()
     if missing and not await store.fetch_objects(missing):
         raise ServerRefusedObjectsError(
             f"{store.where} refuses to send file contents by id; fetching without a filter"
         )
+    _complete_cones[store.path] = (sha, complete | wanted)
 
 
 async def _checkout(store: ObjectStore, entries: Sequence[TreeEntry], target: Path) -> None:

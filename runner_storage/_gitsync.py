@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,43 @@ class Want:
         return f"ref:{self.ref}" if self.ref else f"commit:{self.sha}"
 
 
+class Interest:
+    """What one :class:`~runner_storage.git.GitRepository` wants from its object store.
+
+    Every repository registers one for its lifetime. When a pull fetches the file contents
+    of a commit, it fetches those of every registered sparse source of the same store and
+    ref in the same request, so that ten sources of one repository cost one round trip
+    for their contents, not ten.
+
+    Args:
+        source: the repository's validated source.
+        base: returns the repository's current base path.
+    """
+
+    def __init__(self, source: GitSource, base: Callable[[], Path]) -> None:
+        self.source = source
+        self._base = base
+        _INTERESTS.add(self)
+
+    def store_key(self) -> tuple[Path, str]:
+        """Which object store this is: the absolute base path and the fetch URL."""
+        return self._base().absolute(), self.source.remote.fetch_url
+
+    def cones_alike(self) -> list[tuple[str, ...]]:
+        """The ``directories`` of every live source sharing this store and ref (self too)."""
+        key, mine = self.store_key(), self.source
+        return [
+            other.source.directories
+            for other in list(_INTERESTS)
+            if other.source.branch == mine.branch
+            and other.source.commit_sha == mine.commit_sha
+            and other.store_key() == key
+        ]
+
+
+_INTERESTS: weakref.WeakSet[Interest] = weakref.WeakSet()
+
+
 @dataclass
 class _Pull:
     """What one materialisation has done so far, and what it may reuse."""
@@ -104,6 +142,8 @@ class GitBackend:
         make_git: builds the git runner; called once, at the first git command, so that
             reading a secret fails inside the pull (and is recorded) rather than before it.
         redact: removes secrets from messages.
+        interest: the repository's registration, to fetch the contents its siblings need
+            along with its own.
     """
 
     def __init__(
@@ -113,9 +153,11 @@ class GitBackend:
         *,
         make_git: Callable[[], Git],
         redact: Callable[[str], str],
+        interest: Interest | None = None,
     ) -> None:
         self._source = source
         self._base = base
+        self._interest = interest
         self._make_git = make_git
         self._redact = redact
         self._runner: Git | None = None
@@ -191,8 +233,17 @@ class GitBackend:
         )
         baseline = Baseline(previous.path, old_sha) if previous and old_sha else None
         store = await self._store(source.remote)
+        resolved = revision.id if revision is not None else None
+        cones = self._interest.cones_alike() if self._interest is not None else []
         tree, urls = await self._export(
-            store, want, staging, directories=source.directories, baseline=baseline, pull=pull
+            store,
+            want,
+            staging,
+            directories=source.directories,
+            baseline=baseline,
+            pull=pull,
+            resolved=resolved,
+            also=cones,
         )
         if source.include_submodules and tree.gitlinks:
             await self._export_submodules(
@@ -227,14 +278,22 @@ class GitBackend:
         directories: Sequence[str],
         baseline: Baseline | None,
         pull: _Pull,
+        resolved: str | None = None,
+        also: Sequence[Sequence[str]] = (),
     ) -> tuple[ExportedTree, dict[str, str]]:
-        """Under the store's lock: fetch ``want``, export it, read its ``.gitmodules``."""
+        """Under the store's lock: fetch ``want``, export it, read its ``.gitmodules``.
+
+        ``resolved`` is the commit ``want`` resolved to, if known; ``also`` the directories
+        of other sources of the same ref, whose file contents are fetched along.
+        """
         async with store.locked():
             before = await anyio.to_thread.run_sync(store.objects_size)
-            sha = await self._fetch(store, want, blobless=bool(directories), refetch=False)
+            sha = await self._fetch(
+                store, want, blobless=bool(directories), refetch=False, resolved=resolved
+            )
             try:
                 tree = await export_tree(
-                    store, sha, target, directories=directories, baseline=baseline
+                    store, sha, target, directories=directories, baseline=baseline, also=also
                 )
             except ServerRefusedObjectsError:
                 # A protocol v0 server without allowAnySHA1InWant: fetch whole trees instead.
@@ -261,10 +320,30 @@ class GitBackend:
                 " 2.36, or enable protocol v2 or uploadpack.allowAnySHA1InWant on the server"
             )
 
-    async def _fetch(self, store: ObjectStore, want: Want, *, blobless: bool, refetch: bool) -> str:
+    async def _fetch(
+        self,
+        store: ObjectStore,
+        want: Want,
+        *,
+        blobless: bool,
+        refetch: bool,
+        resolved: str | None = None,
+    ) -> str:
         """Bring ``want`` into the store; return the commit SHA actually fetched."""
         depth = self._source.depth
         key = ref_for(want.selection)
+        # Another source of this ref fetched the resolved commit already (in this sweep,
+        # or earlier): its ref points there, so there is nothing to fetch, unless this
+        # source asks for more history than a shallow fetch brought.
+        history_ok = depth == 1 or (depth == 0 and not (store.path / "shallow").exists())
+        if (
+            want.ref is not None
+            and resolved is not None
+            and not refetch
+            and history_ok
+            and await store.rev_parse(f"{key}^{{commit}}") == resolved
+        ):
+            return resolved
         if want.ref is not None:
             what = f"fetch {_describe(want.ref)}"
             await store.fetch(

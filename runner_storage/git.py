@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner_storage._gitcmd import Git, git_environment, ssh_command
-from runner_storage._gitsync import GitBackend, GitSource
+from runner_storage._gitsync import GitBackend, GitSource, Interest
 from runner_storage._giturl import (
     check_branch_name,
     check_commit_sha,
@@ -126,6 +126,7 @@ class GitRepository(ManagedStorage):
             include_submodules=bool(include_submodules),
             depth=depth,
         )
+        self._interest = Interest(self._source, lambda: self._storage_base_path)
         self._ssh_key_file = _absolute(ssh_key_file)
         self._known_hosts_file = _absolute(known_hosts_file)
         if self._credentials and remote.kind == "http":
@@ -193,7 +194,11 @@ class GitRepository(ManagedStorage):
 
     def _backend(self) -> GitBackend:
         return GitBackend(
-            self._source, self._storage_base_path, make_git=self._git, redact=self.redact
+            self._source,
+            self._storage_base_path,
+            make_git=self._git,
+            redact=self.redact,
+            interest=self._interest,
         )
 
     def _source_label(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import secrets
 import ssl
 import subprocess
@@ -44,6 +45,8 @@ class GitRequest:
     response_bytes: int
     authorization: str | None
     git_protocol: str | None
+    command: str | None = None
+    """The protocol v2 command of a POST (``ls-refs``, ``fetch``), else None."""
 
     @property
     def is_upload_pack(self) -> bool:
@@ -161,9 +164,26 @@ class _Handler(BaseHTTPRequestHandler):
                 response_bytes=len(payload),
                 authorization=authorization,
                 git_protocol=self.headers.get("Git-Protocol"),
+                command=_v2_command(body, self.headers.get("Content-Encoding")),
             )
         )
         self._reply(status, headers, payload)
+
+
+def _v2_command(body: bytes, encoding: str | None) -> str | None:
+    """The ``command=...`` of a protocol v2 request body (its first pkt-line)."""
+    if encoding == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            return None
+    if len(body) < 4 or not body[4:].startswith(b"command="):
+        return None
+    try:
+        length = int(body[:4], 16)
+    except ValueError:
+        return None
+    return body[12:length].decode("ascii", "replace").strip() or None
 
 
 def _parse_cgi(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:

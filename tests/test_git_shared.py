@@ -1,0 +1,176 @@
+"""Several sources of one repository in one process share the work of a pull.
+
+Every source still asks the server for its own ref (so each one's credentials are checked
+at every pull), but the commit is fetched once, and the file contents of every sparse
+source of that ref arrive in one request, whichever source pulls first.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from pathlib import Path
+
+import anyio
+import pytest
+from servers.git_http import GitHTTPServer
+from servers.gitrepo import INITIAL_FILES, UpstreamRepo, UpstreamRepoFactory
+
+from runner_storage.git import GitRepository
+
+pytestmark = pytest.mark.anyio
+
+DIRECTORIES = [f"team{i}" for i in range(4)]
+
+
+def team_repository(upstream_repo: UpstreamRepoFactory) -> UpstreamRepo:
+    """A repository with one directory per team, plus a top-level file."""
+    upstream = upstream_repo()
+    files: dict[str, str | None] = {"setup.cfg": "[x]\n"}
+    for team in DIRECTORIES:
+        files.update({f"{team}/flow{i}.py": f"# {team} {i}\n" for i in range(5)})
+    upstream.commit(files)
+    return upstream
+
+
+def sources(server: GitHTTPServer, upstream: UpstreamRepo, base: Path) -> list[GitRepository]:
+    """One sparse source per team directory, publishing under ``base``."""
+    credentials = {"username": server.username, "access_token": server.password}
+    made = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # clear-text http on loopback
+        for team in DIRECTORIES:
+            storage = GitRepository(
+                server.url_for(upstream), credentials=credentials, name=team, directories=[team]
+            )
+            storage.set_base_path(base)
+            made.append(storage)
+    return made
+
+
+async def pull_all(storages: list[GitRepository]) -> None:
+    """Pull every source concurrently, as the daemon does."""
+    async with anyio.create_task_group() as group:
+        for storage in storages:
+            group.start_soon(storage.pull_code)
+
+
+def fetches(server: GitHTTPServer, upstream: UpstreamRepo) -> int:
+    """How many protocol v2 ``fetch`` commands (object transfers) the server answered."""
+    return sum(1 for r in server.requests_for(upstream) if r.command == "fetch")
+
+
+def published_files(storage: GitRepository) -> list[str]:
+    """The files of the published tree, relative to it."""
+    root = storage.destination.resolve()
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def cone(team: str) -> list[str]:
+    """What a sparse source of ``team`` must publish: its directory and top-level files."""
+    top = [path for path in INITIAL_FILES if "/" not in path]
+    return sorted([*top, "setup.cfg", *(f"{team}/flow{i}.py" for i in range(5))])
+
+
+class TestOneSweep:
+    """Sources of one repository and ref pull together."""
+
+    async def test_cold_pull_fetches_commit_and_contents_once(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """Four sparse sources, cold: two transfers in all, each source gets its cone."""
+        upstream = team_repository(upstream_repo)
+        storages = sources(git_http_server, upstream, tmp_path)
+        git_http_server.reset_stats()
+        await pull_all(storages)
+        # One blobless fetch of the commit, one fetch of every cone's file contents.
+        assert fetches(git_http_server, upstream) == 2
+        for storage, team in zip(storages, DIRECTORIES, strict=True):
+            assert published_files(storage) == cone(team)
+
+    async def test_new_commit_is_fetched_once_for_all(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """A commit touching every cone: again two transfers, and every source updates."""
+        upstream = team_repository(upstream_repo)
+        storages = sources(git_http_server, upstream, tmp_path)
+        await pull_all(storages)
+        upstream.commit({f"{team}/flow0.py": f"# {team} changed\n" for team in DIRECTORIES})
+        git_http_server.reset_stats()
+        await pull_all(storages)
+        assert fetches(git_http_server, upstream) == 2
+        for storage, team in zip(storages, DIRECTORIES, strict=True):
+            assert (storage.destination / team / "flow0.py").read_text() == f"# {team} changed\n"
+
+    async def test_every_source_still_asks_for_its_ref(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """Sharing never skips a source's own ref lookup, so its credentials are checked."""
+        upstream = team_repository(upstream_repo)
+        storages = sources(git_http_server, upstream, tmp_path)
+        git_http_server.reset_stats()
+        await pull_all(storages)
+        lookups = [r for r in git_http_server.requests_for(upstream) if r.command == "ls-refs"]
+        assert len(lookups) >= len(storages)
+        assert all(r.status == 200 for r in git_http_server.requests_for(upstream))
+
+    async def test_sequential_pulls_share_too(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """The first pull brings the contents of the sources that pull after it."""
+        upstream = team_repository(upstream_repo)
+        first, *others = sources(git_http_server, upstream, tmp_path)
+        git_http_server.reset_stats()
+        await first.pull_code()
+        assert fetches(git_http_server, upstream) == 2
+        for storage in others:
+            await storage.pull_code()
+        assert fetches(git_http_server, upstream) == 2
+        for storage, team in zip(others, DIRECTORIES[1:], strict=True):
+            assert published_files(storage) == cone(team)
+
+
+class TestWhoShares:
+    """Only live sources of the same store and ref are fetched for."""
+
+    async def test_other_branch_is_not_fetched_along(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """A source of another branch gets nothing fetched for it by main's pull."""
+        upstream = team_repository(upstream_repo)
+        upstream.create_branch("release")
+        main, *_ = sources(git_http_server, upstream, tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            release = GitRepository(
+                git_http_server.url_for(upstream),
+                credentials={
+                    "username": git_http_server.username,
+                    "access_token": git_http_server.password,
+                },
+                name="release",
+                branch="release",
+                directories=["team3"],
+            )
+        release.set_base_path(tmp_path)
+        await main.pull_code()
+        git_http_server.reset_stats()
+        await release.pull_code()
+        # The commit is already here (both branches point at it), so git asks for nothing;
+        # the one transfer is team3's contents, which main's pull did not bring.
+        assert fetches(git_http_server, upstream) == 1
+        assert published_files(release) == cone("team3")
+
+    async def test_forgotten_sources_cost_nothing(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """Once a source is gone, pulls of the others no longer fetch its contents."""
+        upstream = team_repository(upstream_repo)
+        upstream.commit({"team1/big.bin": "x" * 200_000})
+        storages = sources(git_http_server, upstream, tmp_path / "with")
+        del storages[1]  # team1 and its big file
+        gc.collect()
+        git_http_server.reset_stats()
+        await storages[0].pull_code()
+        sent = sum(r.response_bytes for r in git_http_server.requests_for(upstream))
+        assert sent < 100_000
