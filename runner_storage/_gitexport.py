@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import stat
 import uuid
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 _REGULAR_MODES = frozenset({"100644", "100755"})
+#: Substrings that start an empty or dot-led path part.
+_DOUBTFUL = re.compile(r"//|/\.")
 
 
 class ServerRefusedObjectsError(SourceError):
@@ -73,12 +76,15 @@ def select_entries(entries: Sequence[TreeEntry], directories: Sequence[str]) -> 
             parents.add(parent)
     prefixes = tuple(f"{d}/" for d in directories)
 
+    wanted = set(directories)
+
     def selected(entry: TreeEntry) -> bool:
-        if entry.path.startswith(prefixes):
+        path = entry.path
+        if path.startswith(prefixes):
             return True
-        if entry.is_gitlink:
-            return entry.path in directories
-        return posixpath.dirname(entry.path) in parents
+        if entry.mode == "160000":  # a submodule counts as a directory
+            return path in wanted
+        return path.rpartition("/")[0] in parents
 
     return [entry for entry in entries if selected(entry)]
 
@@ -90,7 +96,12 @@ def check_entry_paths(entries: Sequence[TreeEntry]) -> None:
         UnsafeContentError: an absolute path, an empty, ``.`` or ``..`` part, or ``.git``.
     """
     for entry in entries:
-        parts = entry.path.split("/")
+        path = entry.path
+        # Only a part that is empty or starts with "." can be unsafe: skip the split when
+        # no part does (the common case, thousands of times per tree).
+        if path[:1] not in ("", "/", ".") and path[-1] != "/" and not _DOUBTFUL.search(path):
+            continue
+        parts = path.split("/")
         if any(part in ("", ".", "..") or part.lower() == ".git" for part in parts):
             raise UnsafeContentError(
                 f"repository path {entry.path!r} would leave the source tree or write into"
@@ -148,7 +159,7 @@ async def _reusable_entries(
     previous = {entry.path: entry for entry in await store.list_tree(baseline.sha)}
 
     def attributes(tree: dict[str, TreeEntry]) -> dict[str, TreeEntry]:
-        return {p: e for p, e in tree.items() if posixpath.basename(p) == ".gitattributes"}
+        return {p: e for p, e in tree.items() if _is_attributes(p)}
 
     # Changed attributes can change how an unchanged blob is written (eol, ident).
     if attributes({e.path: e for e in entries}) != attributes(previous):
@@ -157,9 +168,13 @@ async def _reusable_entries(
         entry
         for entry in selected
         if entry.mode in _REGULAR_MODES
-        and posixpath.basename(entry.path) != ".gitattributes"
+        and not _is_attributes(entry.path)
         and previous.get(entry.path) == entry
     ]
+
+
+def _is_attributes(path: str) -> bool:
+    return path.endswith(".gitattributes") and path.rpartition("/")[2] == ".gitattributes"
 
 
 def _link_files(entries: Sequence[TreeEntry], source: Path, target: Path) -> set[str]:

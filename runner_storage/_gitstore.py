@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,11 @@ class TreeEntry:
     def is_blob(self) -> bool:
         """Whether git stores this entry's content as a blob (files and symlinks)."""
         return self.mode in _BLOB_MODES
+
+
+#: How many commits' file lists :meth:`ObjectStore.list_tree` keeps (new and previous).
+_RECENT_TREES = 2
+_recent_trees: OrderedDict[tuple[Path, str], tuple[TreeEntry, ...]] = OrderedDict()
 
 
 def ref_for(selection: str) -> str:
@@ -223,7 +229,23 @@ class ObjectStore:
         return {line[1:].strip() for line in out.decode().splitlines() if line.startswith("?")}
 
     async def list_tree(self, sha: str) -> list[TreeEntry]:
-        """Every file, symlink and submodule of commit ``sha``, recursively."""
+        """Every file, symlink and submodule of commit ``sha``, recursively.
+
+        A commit's tree never changes, so the last few are kept in memory: the sources of
+        one repository list each commit once between them.
+        """
+        key = (self.path, sha)
+        cached = _recent_trees.get(key)
+        if cached is not None:
+            _recent_trees.move_to_end(key)
+            return list(cached)
+        entries = await self._list_tree(sha)
+        _recent_trees[key] = tuple(entries)
+        while len(_recent_trees) > _RECENT_TREES:
+            _recent_trees.popitem(last=False)
+        return entries
+
+    async def _list_tree(self, sha: str) -> list[TreeEntry]:
         out = await self.git.check(
             "ls-tree", "-r", "-z", "--full-tree", sha,
             what=f"list the files of commit {sha}", git_dir=self.path,
