@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -179,6 +180,11 @@ class Git:
     def __init__(self, env: Mapping[str, str], *, redact: Callable[[str], str]) -> None:
         self._env = dict(env)
         self.redact = redact
+
+    @property
+    def identity(self) -> str:
+        """A digest of the environment: equal for runners that log in the same way."""
+        return hashlib.sha256(repr(sorted(self._env.items())).encode()).hexdigest()
 
     async def run(
         self,

@@ -59,6 +59,18 @@ _RECENT_TREES = 2
 _recent_trees: OrderedDict[tuple[Path, str], tuple[TreeEntry, ...]] = OrderedDict()
 
 
+class _Flight:
+    """One ``ls-remote`` in progress, whose answer others may wait for."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: list[tuple[str, str]] | None = None
+        self.error: Exception | None = None
+
+
+_ls_remote_flights: dict[tuple[Path, tuple[str, ...], str], _Flight] = {}
+
+
 def ref_for(selection: str) -> str:
     """The ref under :data:`REF_PREFIX` that keeps the commit of ``selection`` alive."""
     return REF_PREFIX + hashlib.sha256(selection.encode()).hexdigest()[:20]
@@ -146,8 +158,35 @@ class ObjectStore:
     # --- talking to the remote -------------------------------------------------------------
 
     async def ls_remote(self, *patterns: str, symref: bool = False) -> list[tuple[str, str]]:
-        """``(object id or "ref: TARGET", refname)`` pairs the remote advertises."""
-        args = ["ls-remote", *(["--symref"] if symref else []), "origin", *patterns]
+        """``(object id or "ref: TARGET", refname)`` pairs the remote advertises.
+
+        Sources of this store asking the same question with the same credentials while
+        one of them is already asking share its answer (one request for all).
+        """
+        args = ("ls-remote", *(["--symref"] if symref else []), "origin", *patterns)
+        key = (self.path, args, self.git.identity)
+        flight = _ls_remote_flights.get(key)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.result is not None:
+                return list(flight.result)
+            # The asking pull was cancelled: ask ourselves.
+        flight = _Flight()
+        _ls_remote_flights[key] = flight
+        try:
+            flight.result = await self._ls_remote(args)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            if _ls_remote_flights.get(key) is flight:
+                del _ls_remote_flights[key]
+            flight.done.set()
+        return list(flight.result)
+
+    async def _ls_remote(self, args: tuple[str, ...]) -> list[tuple[str, str]]:
         out = await self.git.check(*args, what="list refs", where=self.where, git_dir=self.path)
         pairs = []
         for line in out.decode("utf-8", "replace").splitlines():

@@ -16,6 +16,7 @@ import pytest
 from servers.git_http import GitHTTPServer
 from servers.gitrepo import INITIAL_FILES, UpstreamRepo, UpstreamRepoFactory
 
+from runner_storage.exceptions import AuthenticationError
 from runner_storage.git import GitRepository
 
 pytestmark = pytest.mark.anyio
@@ -102,17 +103,48 @@ class TestOneSweep:
         for storage, team in zip(storages, DIRECTORIES, strict=True):
             assert (storage.destination / team / "flow0.py").read_text() == f"# {team} changed\n"
 
-    async def test_every_source_still_asks_for_its_ref(
+    async def test_one_ref_lookup_for_sources_asking_at_once(
         self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
     ) -> None:
-        """Sharing never skips a source's own ref lookup, so its credentials are checked."""
+        """Sources with the same credentials asking at the same moment share one answer."""
         upstream = team_repository(upstream_repo)
         storages = sources(git_http_server, upstream, tmp_path)
+        await pull_all(storages)
         git_http_server.reset_stats()
         await pull_all(storages)
         lookups = [r for r in git_http_server.requests_for(upstream) if r.command == "ls-refs"]
-        assert len(lookups) >= len(storages)
-        assert all(r.status == 200 for r in git_http_server.requests_for(upstream))
+        assert 1 <= len(lookups) < len(storages)
+
+    async def test_sources_with_other_credentials_ask_for_themselves(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """A source whose token is wrong fails, even while the others' lookups succeed."""
+        upstream = team_repository(upstream_repo)
+        storages = sources(git_http_server, upstream, tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            intruder = GitRepository(
+                git_http_server.url_for(upstream),
+                credentials={"username": git_http_server.username, "access_token": "wrong"},
+                name="intruder",
+                directories=["team0"],
+            )
+        intruder.set_base_path(tmp_path)
+        await pull_all(storages)  # the store now has every commit and file content
+        failures: list[BaseException] = []
+
+        async def intrude() -> None:
+            try:
+                await intruder.pull_code()
+            except AuthenticationError as exc:
+                failures.append(exc)
+
+        async with anyio.create_task_group() as group:
+            for storage in storages:
+                group.start_soon(storage.pull_code)
+            group.start_soon(intrude)
+        assert len(failures) == 1
+        assert not intruder.destination.is_symlink()
 
     async def test_sequential_pulls_share_too(
         self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
