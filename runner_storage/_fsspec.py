@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import difflib
 import errno
 import hashlib
+import inspect
 import json
 import os
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,31 @@ class Listing:
 # --- protocols and filesystems -------------------------------------------------------------
 
 
+_WRAPS = "it wraps another filesystem; give the storage URL itself, like s3://bucket/path"
+#: Protocols fsspec knows that RemoteStorage refuses, and why.
+_UNSUPPORTED = {
+    **dict.fromkeys(
+        (
+            "async_wrapper",
+            "asyncwrapper",
+            "blockcache",
+            "cached",
+            "dir",
+            "filecache",
+            "generic",
+            "reference",
+            "simplecache",
+        ),
+        _WRAPS,
+    ),
+    "ftp": (
+        "fsspec's FTP filesystem has one connection, which concurrent downloads would share,"
+        " and its listings cannot tell a changed file of the same size; serve the files over"
+        " https:// or from an object store"
+    ),
+}
+
+
 def _known(protocol: str) -> bool:
     return protocol in fsspec.registry or protocol in known_implementations
 
@@ -103,8 +130,8 @@ def check_protocol(url: str) -> str:
     """Return the protocol of ``url`` after checking that fsspec knows it.
 
     Raises:
-        ConfigurationError: the URL is empty, unparseable, chained, has no scheme, or
-            names a protocol fsspec does not know.
+        ConfigurationError: the URL is empty, unparseable, chained, has no scheme, names a
+            protocol fsspec does not know, or one RemoteStorage does not support.
     """
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError("the RemoteStorage URL is empty: give one like s3://bucket/path")
@@ -121,6 +148,10 @@ def check_protocol(url: str) -> str:
         raise ConfigurationError(
             "the RemoteStorage URL has no scheme: give one like s3://bucket/path, or use"
             " LocalStorage for a local folder"
+        )
+    if scheme in _UNSUPPORTED:
+        raise ConfigurationError(
+            f"{scheme}:// is not supported by RemoteStorage: {_UNSUPPORTED[scheme]}"
         )
     if not _known(scheme):
         raise ConfigurationError(
@@ -147,36 +178,54 @@ def required_package(protocol: str) -> str | None:
     return None if package == "fsspec" else package
 
 
-def open_filesystem(protocol: str, settings: Mapping[str, Any]) -> AbstractFileSystem:
+def open_filesystem(
+    protocol: str, settings: Mapping[str, Any], *, redact: Callable[[str], str] | None = None
+) -> AbstractFileSystem:
     """A new filesystem: resolved settings, no fsspec instance cache, no listings cache.
 
+    The settings are checked before the filesystem is built (a required one missing, a
+    credential that is not text), and s3fs builds its client here, so that what botocore
+    rejects (an unknown name, a bad endpoint, a missing profile) is reported now, as
+    configuration, rather than on the first request as a failure of the store.
+
+    Args:
+        protocol: the URL's protocol, checked by :func:`check_protocol`.
+        settings: the resolved settings (secrets are plain text here).
+        redact: removes secret values from text; without it no message text of the
+            filesystem's own is shown, only the names of the settings.
+
     Raises:
-        MissingDependencyError: the protocol's package is not installed; the message names
-            the extra that installs it.
-        ConfigurationError: the filesystem rejected the settings.
+        MissingDependencyError: the protocol's package, or a module it needs, is not
+            installed; the message says what to install.
+        ConfigurationError: the filesystem rejected the settings; the message names them.
+        Exception: building the filesystem failed otherwise (some connect when built, like
+            sftp://); translate it with :func:`translate_error`.
     """
     try:
         cls = fsspec.get_filesystem_class(protocol)
-    except ImportError:
-        raise _missing_dependency(protocol) from None
+    except ImportError as exc:
+        raise _missing_dependency(protocol, exc) from None
+    _check_settings(protocol, cls, settings)
+    fs: AbstractFileSystem | None = None
     try:
         # Never fsspec's instance cache (it ignores how settings were resolved) and never a
         # listings cache: every pull must see the store as it is now.
-        fs: AbstractFileSystem = cls(
-            **{**settings, "skip_instance_cache": True, "use_listings_cache": False}
-        )
-    except (TypeError, ValueError) as exc:
-        # Only setting names are shown: values may be secrets.
-        raise ConfigurationError(
-            f"{protocol}:// rejected the settings {sorted(settings)}: {type(exc).__name__};"
-            " check the names against the filesystem's documentation"
-        ) from None
-    _share_botocore_data(fs)
+        fs = cls(**{**settings, "skip_instance_cache": True, "use_listings_cache": False})
+        _prepare_s3fs(protocol, fs)
+    except Exception as exc:
+        if fs is not None:
+            close_filesystem(fs)
+        error = _building_error(protocol, settings, exc, redact)
+        if error is exc:
+            raise
+        raise error from None
     return fs
 
 
 @contextlib.contextmanager
-def filesystem(protocol: str, settings: Mapping[str, Any]) -> Iterator[AbstractFileSystem]:
+def filesystem(
+    protocol: str, settings: Mapping[str, Any], *, redact: Callable[[str], str] | None = None
+) -> Iterator[AbstractFileSystem]:
     """A filesystem for one phase of a pull, kept open for the next pulls with the same settings.
 
     Creating a filesystem client is what a small pull mostly costs: for s3fs a new botocore
@@ -191,16 +240,19 @@ def filesystem(protocol: str, settings: Mapping[str, Any]) -> Iterator[AbstractF
     one idle for :data:`POOL_IDLE_SECONDS` is closed; at most :data:`POOL_SIZE` are kept.
     Settings that cannot be fingerprinted (arbitrary objects) get a filesystem of their
     own, closed when the block ends.
+
+    Raises:
+        MissingDependencyError, ConfigurationError, Exception: see :func:`open_filesystem`.
     """
     key = _pool_key(protocol, settings)
     if key is None:
-        fs = open_filesystem(protocol, settings)
+        fs = open_filesystem(protocol, settings, redact=redact)
         try:
             yield fs
         finally:
             close_filesystem(fs)
         return
-    entry = _POOL.acquire(key, lambda: open_filesystem(protocol, settings))
+    entry = _POOL.acquire(key, lambda: open_filesystem(protocol, settings, redact=redact))
     failed = True
     try:
         yield entry.fs
@@ -246,7 +298,7 @@ def _pool_key(protocol: str, settings: Mapping[str, Any]) -> str | None:
     """
     try:
         text = json.dumps([protocol, settings], sort_keys=True, default=_fingerprint_value)
-    except (_Unpoolable, ValueError):
+    except (TypeError, ValueError):  # _Unpoolable, or keys that are not text (or mixed)
         return None
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -268,12 +320,17 @@ class _FilesystemPool:
 
     def acquire(self, key: str, open_new: Callable[[], AbstractFileSystem]) -> _Pooled:
         with self._lock:
+            # Expired entries go first: one idle for longer than POOL_IDLE_SECONDS is never
+            # handed out again (its connections are gone, its credentials may be stale).
+            expired = self._evict()
             entry = self._entries.get(key)
             if entry is not None:
                 entry.users += 1
                 self._entries.move_to_end(key)
-                return entry
-        # Outside the lock: opening may import a package.
+        self._close(expired)
+        if entry is not None:
+            return entry
+        # Outside the lock: opening may import a package, or connect.
         fresh = _Pooled(open_new(), users=1, last_used=time.monotonic())
         with self._lock:
             pooled = self._entries.get(key)
@@ -322,10 +379,169 @@ class _FilesystemPool:
 _POOL = _FilesystemPool()
 
 
+# --- settings: what a filesystem would reject later, checked when it is built ---------------
+
+#: Settings each package takes as text only; another type would fail only on the first
+#: request (``key=5`` when it is signed), as a failure of the store.
+_TEXT_SETTINGS: dict[str, frozenset[str]] = {
+    "s3fs": frozenset(
+        {"key", "secret", "token", "endpoint_url", "username", "password", "profile"}
+    ),
+    "adlfs": frozenset(
+        {
+            "account_name",
+            "account_key",
+            "connection_string",
+            "sas_token",
+            "client_id",
+            "client_secret",
+            "tenant_id",
+            "account_host",
+        }
+    ),
+}
+
+
+def _package_of(cls: type) -> str:
+    return cls.__module__.split(".", 1)[0]
+
+
+def _named_parameters(function: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword parameters of ``function`` after ``self``, with their defaults.
+
+    Empty when the signature cannot be read (then nothing is checked against it).
+    """
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in parameters if p.kind in keyword}
+
+
+def _check_settings(
+    protocol: str, cls: type[AbstractFileSystem], settings: Mapping[str, Any]
+) -> None:
+    """Raise ConfigurationError for a missing or wrongly typed setting, by name.
+
+    Checked before the filesystem is built: a half-built one can fail again in ``__del__``
+    and print a traceback when it is collected. Values are never shown.
+    """
+    # Unknown names cannot be told here: every fsspec filesystem takes **kwargs, and most
+    # ignore the ones they do not know (s3fs's are checked by _prepare_s3fs).
+    for name, default in _named_parameters(cls.__init__).items():
+        if default is inspect.Parameter.empty and name not in settings:
+            raise ConfigurationError(
+                f"{protocol}:// needs the setting {name!r}: add it to the source's settings"
+                f" ({cls.__name__} does not read it from the URL)"
+            )
+    for name in sorted(_TEXT_SETTINGS.get(_package_of(cls), frozenset())):
+        value = settings.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(
+                f"the {protocol}:// setting {name!r} must be text, not {type(value).__name__}:"
+                " quote it, or give a Secret"
+            )
+
+
+def _unknown_setting(
+    protocol: str, cls: type, name: str, accepted: Iterable[str]
+) -> ConfigurationError:
+    close = difflib.get_close_matches(name, [a for a in accepted if not a.startswith("_")], n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigurationError(
+        f"{protocol}:// has no setting {name!r}{guess}: check the setting names against the"
+        f" documentation of {_package_of(cls)}'s {cls.__name__}"
+    )
+
+
+def _building_error(
+    protocol: str,
+    settings: Mapping[str, Any],
+    exc: Exception,
+    redact: Callable[[str], str] | None,
+) -> Exception:
+    """What building a filesystem raised, as ours when a setting or a package is to blame."""
+    if isinstance(exc, RunnerStorageError):
+        return exc
+    if isinstance(exc, ImportError):  # e.g. hdfs:// imports pyarrow only when it is built
+        return _missing_dependency(protocol, exc)
+    if isinstance(exc, TypeError | ValueError | AttributeError) or _type_names(exc) & _CONFIG_TYPES:
+        return _rejected_settings(protocol, settings, exc, redact)
+    return exc  # a network failure of a filesystem that connects when built
+
+
+def _rejected_settings(
+    protocol: str,
+    settings: Mapping[str, Any],
+    exc: Exception,
+    redact: Callable[[str], str] | None,
+) -> ConfigurationError:
+    # Without a redactor only the type is shown: the filesystem's text may quote a value.
+    detail = redact(_describe(exc)) if redact is not None else type(exc).__name__
+    names = ", ".join(sorted(settings)) or "(none)"
+    return ConfigurationError(
+        f"{protocol}:// rejected the settings {names} ({detail}): check their names, types"
+        " and values against the filesystem's documentation"
+    )
+
+
+def _missing_dependency(protocol: str, exc: ImportError) -> MissingDependencyError:
+    """What to install for ``protocol``, after importing (or building) its filesystem failed."""
+    extra = EXTRAS.get(protocol)
+    if extra is not None:
+        package = required_package(protocol) or protocol
+        return MissingDependencyError(
+            f"the {protocol}:// protocol needs the {package} package, which is not installed:"
+            f" pip install 'runner-storage[{extra}]'"
+        )
+    missing = next(
+        (e.name for e in _chain(exc) if isinstance(e, ModuleNotFoundError) and e.name), None
+    )
+    if missing is None:  # installed, but it does not import: a broken or mismatched version
+        package = required_package(protocol) or protocol
+        return MissingDependencyError(
+            f"the {protocol}:// protocol cannot load its implementation"
+            f" ({_describe(exc.__cause__ or exc)}): reinstall {package} in a version that"
+            " matches the installed fsspec"
+        )
+    module = missing.split(".", 1)[0]
+    # fsspec's own advice names the distribution to install, which the module may not.
+    advice = known_implementations.get(protocol, {}).get("err")
+    install = advice or f"pip install {module}"
+    return MissingDependencyError(
+        f"the {protocol}:// protocol needs the {module} module, which is not installed: {install}"
+    )
+
+
 # --- s3fs: what every new botocore session would redo ------------------------------------------
 
 _BOTOCORE_LOADERS: dict[Any, Any] = {}
 _BOTOCORE_LOCK = threading.Lock()
+
+
+def _prepare_s3fs(protocol: str, fs: AbstractFileSystem) -> None:
+    """Check what s3fs passes on to botocore, share botocore's data, and build the client.
+
+    s3fs hands every setting it does not know to botocore's session, which rejects an
+    unknown name only when the first request builds it. Building the client now makes a
+    misspelled setting, a bad endpoint or a missing profile a configuration error here
+    instead of a failed (and retried) request; it is built on first use anyway.
+    """
+    if _package_of(type(fs)) != "s3fs":
+        return
+    if getattr(fs, "session", True) is None:
+        import aiobotocore.session  # noqa: PLC0415 - only when s3fs is in use
+
+        taken = [
+            *_named_parameters(aiobotocore.session.AioSession.__init__),
+            *_named_parameters(type(fs).__init__),
+        ]
+        for name in sorted(getattr(fs, "kwargs", {})):
+            if name not in taken:
+                raise _unknown_setting(protocol, type(fs), name, taken)
+        _share_botocore_data(fs)
+    fs.connect()
 
 
 def _share_botocore_data(fs: AbstractFileSystem) -> None:
@@ -370,15 +586,6 @@ def _parse_timestamp(value: Any) -> Any:
     from botocore.utils import parse_timestamp  # noqa: PLC0415 - s3fs is in use
 
     return parse_timestamp(value)
-
-
-def _missing_dependency(protocol: str) -> MissingDependencyError:
-    extra = EXTRAS.get(protocol)
-    package = required_package(protocol) or protocol
-    install = f"pip install 'runner-storage[{extra}]'" if extra else f"pip install {package}"
-    return MissingDependencyError(
-        f"the {protocol}:// protocol needs the {package} package, which is not installed: {install}"
-    )
 
 
 # --- listing -------------------------------------------------------------------------------
@@ -542,6 +749,11 @@ _TRANSIENT_TYPES = _words(
     " EndpointConnectionError ReadTimeoutError ServerDisconnectedError ServiceRequestError"
     " ServiceResponseError"
 )
+#: botocore's errors about the local configuration (a missing profile, an unreadable file)
+#: and about request parameters, which come from settings such as ``s3_additional_kwargs``.
+_CONFIG_TYPES = _words(
+    "ConfigNotFound ConfigParseError InvalidConfigError ParamValidationError ProfileNotFound"
+)
 _TRANSIENT_ERRNOS = frozenset(
     {
         errno.EBUSY,
@@ -555,7 +767,8 @@ _TRANSIENT_ERRNOS = frozenset(
         getattr(errno, "EREMOTEIO", errno.EIO),
     }
 )
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: Local-disk errnos even without a file name (a failed write() carries none).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -614,6 +827,11 @@ def _kind_of(exc: BaseException) -> str | None:
         return "transient"
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return "transient"
+    if names & _CONFIG_TYPES or type(exc) is TypeError:
+        # A plain TypeError from a filesystem means a setting of the wrong type reached it
+        # (``config_kwargs={"connect_timeout": "5"}`` fails on the first request);
+        # retrying cannot fix it.
+        return "config"
     return None
 
 
@@ -642,6 +860,7 @@ def translate_error(
     redact: Callable[[str], str],
     staging: Path | None = None,
     downloading: bool = False,
+    settings: Iterable[str] = (),
 ) -> tuple[RunnerStorageError, bool]:
     """Translate a filesystem error into ours, once, with a one-line redacted message.
 
@@ -652,6 +871,7 @@ def translate_error(
         staging: the directory being built; an OSError about a path inside it is local.
         downloading: whether the error happened while downloading listed objects (a
             missing object then means it changed upstream, which is transient).
+        settings: the names of the source's settings, named when one of them is to blame.
 
     Returns:
         The error to raise, and whether chaining ``exc`` to it is safe (False when the
@@ -673,7 +893,13 @@ def translate_error(
             " permissions on the bucket or container"
         )
         return error, False
-    if kind == "not_found" and downloading:
+    if kind == "config":
+        names = ", ".join(sorted(settings)) or "(none)"
+        error = ConfigurationError(
+            f"pulling {where} failed ({detail}): the filesystem rejected the value of a"
+            f" setting; check the types and values of the settings: {names}"
+        )
+    elif kind == "not_found" and downloading:
         error = TransientSourceError(
             f"an object under {where} disappeared while downloading ({detail}): the next"
             " pull lists again (nothing was published)"

@@ -112,6 +112,14 @@ def disk_error(what: str, exc: OSError) -> PublishError:
         errno.EACCES: "permission denied: make the base path writable for this user",
         errno.EPERM: "permission denied: make the base path writable for this user",
         errno.EROFS: "the file system is read-only: use a writable base path",
+        errno.ENOTDIR: (
+            "a component of the path is a file, not a directory: move that file away or"
+            " choose another base path"
+        ),
+        errno.EFBIG: (
+            "a file is too large to write (File too large): raise the file-size limit"
+            " (ulimit -f, RLIMIT_FSIZE) or use a file system that takes larger files"
+        ),
     }
     hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
     return PublishError(f"{what}: {hint}")

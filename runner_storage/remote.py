@@ -66,9 +66,11 @@ class RemoteStorage(ManagedStorage):
     ``file:///srv/flows`` (no netloc) at ``BASE/srv/flows``. Credentials in the URL are
     never part of the name.
 
-    Settings are passed to the fsspec filesystem, which is created anew for every pull with
-    secrets (:class:`~runner_storage.Secret`, Prefect ``Secret`` blocks) resolved then, so
-    rotated credentials take effect on the next pull.
+    Settings are passed to the fsspec filesystem with secrets
+    (:class:`~runner_storage.Secret`, Prefect ``Secret`` blocks) resolved at every pull, so
+    rotated credentials take effect on the next pull. Pulls whose resolved settings are
+    equal share one filesystem and its warm connections; a rotated secret gets a new one,
+    and so does the pull after a failed one.
 
     What a pull costs: one recursive listing, then one read per new or changed object.
     A no-op is the listing alone: one request on S3 and GCS, two on Azure (adlfs first
@@ -219,8 +221,10 @@ def _connection_string_secrets(value: str) -> list[str]:
 class _RemoteBackend:
     """One pull of a RemoteStorage: one listing, then the transfers.
 
-    Each phase opens its own filesystem and closes it when done, since the publisher does
-    not tell a backend when a pull ends (a no-op never reaches :meth:`materialize`).
+    Each phase takes a filesystem from :func:`runner_storage._fsspec.filesystem` and gives
+    it back when done, since the publisher does not tell a backend when a pull ends (a
+    no-op never reaches :meth:`materialize`). Building one is inside the translation
+    boundary: some filesystems connect when built, and settings are checked then.
     """
 
     def __init__(self, storage: RemoteStorage) -> None:
@@ -277,16 +281,16 @@ class _RemoteBackend:
     def _filesystem(self) -> contextlib.AbstractContextManager[AbstractFileSystem]:
         # Secrets are resolved now, for this phase of this pull, and never kept.
         settings = resolve_settings(self._storage._settings)
-        return _fsspec.filesystem(self._storage._protocol, settings)
+        return _fsspec.filesystem(self._storage._protocol, settings, redact=self._storage.redact)
 
     def _list(self) -> _fsspec.Listing:
-        with self._filesystem() as fs:
-            try:
+        try:
+            with self._filesystem() as fs:
                 return _fsspec.list_tree(
                     fs, self._storage._url, self._storage._transfer_concurrency
                 )
-            except Exception as exc:  # noqa: BLE001 - the one translation boundary
-                self._raise_translated(exc)
+        except Exception as exc:  # noqa: BLE001 - the one translation boundary
+            self._raise_translated(exc)
 
     def _download(self, entries: list[Entry], listing: _fsspec.Listing, staging: Path) -> None:
         if not entries:
@@ -298,12 +302,12 @@ class _RemoteBackend:
             (listing.remote[entry.path], str(temporary / str(index)))
             for index, entry in enumerate(entries)
         ]
-        with self._filesystem() as fs:
-            try:
-                temporary.mkdir()
+        try:
+            temporary.mkdir()
+            with self._filesystem() as fs:
                 _fsspec.download_all(fs, pairs, self._storage._transfer_concurrency)
-            except Exception as exc:  # noqa: BLE001 - the one translation boundary
-                self._raise_translated(exc, staging=staging, downloading=True)
+        except Exception as exc:  # noqa: BLE001 - the one translation boundary
+            self._raise_translated(exc, staging=staging, downloading=True)
         for entry, (_, local) in zip(entries, pairs, strict=True):
             try:
                 size = os.stat(local).st_size
@@ -338,20 +342,23 @@ class _RemoteBackend:
         ]
         if not suspects:
             return
-        with self._filesystem() as fs:
-            for entry, remote in suspects:
-                if entry.token.startswith("ETag="):
-                    try:
-                        etag = fs.info(remote).get("ETag")
-                    except Exception as exc:  # noqa: BLE001 - the one translation boundary
-                        self._raise_translated(exc, downloading=True)
-                    if f"ETag={etag}" == entry.token:
-                        continue
-                raise TransientSourceError(
-                    f"object {entry.path!r} under {self._where} changed while downloading"
-                    " (its content does not match the listed checksum): the next pull lists"
-                    " again (nothing was published)"
-                )
+        try:
+            with self._filesystem() as fs:
+                etags = {
+                    remote: fs.info(remote).get("ETag")
+                    for entry, remote in suspects
+                    if entry.token.startswith("ETag=")
+                }
+        except Exception as exc:  # noqa: BLE001 - the one translation boundary
+            self._raise_translated(exc, downloading=True)
+        for entry, remote in suspects:
+            if remote in etags and f"ETag={etags[remote]}" == entry.token:
+                continue
+            raise TransientSourceError(
+                f"object {entry.path!r} under {self._where} changed while downloading"
+                " (its content does not match the listed checksum): the next pull lists"
+                " again (nothing was published)"
+            )
 
     def _raise_translated(
         self, exc: Exception, *, staging: Path | None = None, downloading: bool = False
@@ -362,6 +369,7 @@ class _RemoteBackend:
             redact=self._storage.redact,
             staging=staging,
             downloading=downloading,
+            settings=self._storage._settings,
         )
         if error is exc:
             raise error
