@@ -298,6 +298,15 @@ class Publisher:
 
     def _checked_state(self) -> SourceState:
         state = self.state()
+        if (
+            state is not None
+            and state.source != self.source
+            and state.version is None
+            and not os.path.lexists(self.link)
+        ):
+            # Only failed attempts of another source (a mistyped URL, since corrected):
+            # nothing of it was ever published, so there is nothing to protect.
+            state = None
         if state is not None and state.source != self.source:
             raise DestinationConflictError(
                 f"{self.link} is published from {state.source}, not {self.source}: use another"

@@ -558,6 +558,18 @@ class TestSharing:
         with pytest.raises(DestinationConflictError, match="published from git\\+"):
             await other.pull_code()
 
+    async def test_corrected_url_after_a_failed_first_pull(
+        self, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """A mistyped URL that never published anything does not hold the name."""
+        missing = git_storage((tmp_path / "typo.git").as_uri(), tmp_path, name="code")
+        with pytest.raises(NotFoundError):
+            await missing.pull_code()
+        upstream = upstream_repo()
+        result = await git_storage(upstream.file_url, tmp_path, name="code").pull_code()
+        assert result.changed
+        assert tree_of(tmp_path / "code") == INITIAL_FILES
+
     async def test_switching_branch_in_place_is_allowed(
         self, upstream_repo: UpstreamRepoFactory, git_daemon: GitDaemon, tmp_path: Path
     ) -> None:
