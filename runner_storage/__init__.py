@@ -4,8 +4,9 @@ The public names follow ``prefect.runner.storage``, so switching is an import ch
 
     from runner_storage import GitRepository, create_storage_from_source
 
-:class:`GitRepository` and :class:`RemoteStorage` are imported on first use, so importing
-this package loads neither the git backend nor fsspec.
+:class:`GitRepository`, :class:`RemoteStorage` and :class:`BlockStorageAdapter` are imported
+on first use, so importing this package loads no backend (git, fsspec), and neither anyio
+nor pydantic; ``tests/test_imports.py`` keeps it so.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from runner_storage.base import RunnerStorage, SyncResult
-from runner_storage.block import BlockStorageAdapter
 from runner_storage.credentials import GitCredentials, Secret
 from runner_storage.exceptions import (
     AuthenticationError,
@@ -33,6 +33,7 @@ from runner_storage.factory import create_storage_from_source
 from runner_storage.local import LocalStorage
 
 if TYPE_CHECKING:
+    from runner_storage.block import BlockStorageAdapter
     from runner_storage.git import GitRepository
     from runner_storage.remote import RemoteStorage
 
@@ -62,7 +63,11 @@ __all__ = [
 ]
 
 # name -> module, for the names loaded on first access (PEP 562)
-_LAZY = {"GitRepository": "runner_storage.git", "RemoteStorage": "runner_storage.remote"}
+_LAZY = {
+    "BlockStorageAdapter": "runner_storage.block",
+    "GitRepository": "runner_storage.git",
+    "RemoteStorage": "runner_storage.remote",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -21,10 +21,9 @@ from types import ModuleType
 from typing import Any
 
 import anyio.to_thread
-from pydantic import SecretStr
 
 from runner_storage.base import Revision, fingerprint
-from runner_storage.credentials import Secret
+from runner_storage.credentials import Secret, secret_str_value
 from runner_storage.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -192,8 +191,8 @@ def block_type_slug(block: Any) -> str:
 def block_secrets(value: Any, depth: int = 3) -> list[str]:
     """Secret values held by a block or its nested blocks, for redaction."""
     found: list[str] = []
-    if isinstance(value, SecretStr):
-        found.append(value.get_secret_value())
+    if (text := secret_str_value(value)) is not None:
+        found.append(text)
     elif isinstance(value, Secret):
         with contextlib.suppress(RunnerStorageError):
             found.append(value.get())

@@ -3,20 +3,25 @@
 A :class:`Secret` is resolved at every pull, never stored in resolved form, so a rotated
 file or variable takes effect on the next pull. Anything that prints or persists text that
 might contain a secret passes it through :func:`redact` first.
+
+pydantic's ``SecretStr`` is recognised without importing pydantic (see
+:func:`secret_str_value`), so that ``import runner_storage`` does not pay for it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import SecretStr
-
 from runner_storage.exceptions import ConfigurationError, CredentialsError
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 __all__ = [
     "GitCredentials",
@@ -48,7 +53,8 @@ class Secret:
     __slots__ = ("_env", "_file", "_literal", "name")
 
     def __init__(self, value: str | SecretStr, *, name: str | None = None) -> None:
-        self._literal = value if isinstance(value, SecretStr) else SecretStr(value)
+        # Kept as plain text in a slot: __repr__ and __str__ are what keep it from showing.
+        self._literal = value if isinstance(value, str) else value.get_secret_value()
         self._env: str | None = None
         self._file: Path | None = None
         self.name = name
@@ -103,7 +109,7 @@ class Secret:
             if not value:
                 raise CredentialsError(f"secret file {self._file} is empty")
             return value
-        return self._literal.get_secret_value()
+        return self._literal
 
     def placeholder(self) -> str | None:
         """The pull-step placeholder for this secret, or None if it has none."""
@@ -156,9 +162,21 @@ class GitCredentials(TypedDict, total=False):
     password: SecretValue
 
 
+def secret_str_value(value: object) -> str | None:
+    """The text of ``value`` if it is a pydantic ``SecretStr``, else None.
+
+    Looks pydantic up in ``sys.modules`` instead of importing it: when pydantic is not
+    loaded, no ``SecretStr`` can exist.
+    """
+    secret_str = getattr(sys.modules.get("pydantic.types"), "SecretStr", None)
+    if secret_str is not None and isinstance(value, secret_str):
+        return str(value.get_secret_value())
+    return None
+
+
 def is_secret_like(value: object) -> bool:
     """Whether ``value`` is a secret holder rather than a plain value."""
-    if isinstance(value, Secret | SecretStr):
+    if isinstance(value, Secret) or secret_str_value(value) is not None:
         return True
     return callable(getattr(value, "get", None)) and not isinstance(value, Mapping)
 
@@ -167,8 +185,9 @@ def resolve_secret(value: SecretValue) -> str:
     """Return the plain text of a secret holder or a plain string."""
     if isinstance(value, Secret):
         return value.get()
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
+    text = secret_str_value(value)
+    if text is not None:
+        return text
     if isinstance(value, str):
         return value
     getter = getattr(value, "get", None)

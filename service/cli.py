@@ -1,6 +1,9 @@
 """The ``runner-storage`` command.
 
 Exit codes: 0 success; 1 a pull or check failed at runtime; 2 usage or configuration error.
+
+Each command imports what it needs when it runs: ``--version``, ``--help`` and ``status``
+load neither pydantic, structlog, anyio nor any backend (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
@@ -13,19 +16,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import anyio
-from pydantic import ValidationError
-
-from runner_storage import __version__
 from runner_storage.credentials import strip_url_credentials
 from runner_storage.exceptions import ConfigurationError, NotFoundError, RunnerStorageError
 from runner_storage.local import LocalStorage
-from runner_storage.managed import ManagedStorage
 from runner_storage.state import METADATA_DIR, SourceState, age_seconds, read_state
-from service.config import DaemonSettings, SettingsError, SourceSettings, load_settings
-from service.logging import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from pydantic import ValidationError
+
+    from runner_storage.managed import ManagedStorage
+    from service.config import DaemonSettings, SourceSettings
 
 __all__ = ["main"]
 
@@ -57,13 +61,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, looking the version up only when asked (importlib.metadata is slow)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show program's version number and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from runner_storage import __version__  # noqa: PLC0415 - only --version needs it
+
+        print(f"{parser.prog} {__version__}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner-storage",
         description="Keep workers' code in sync with git repositories, object stores and HTTP.",
         epilog="Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon: keep every configured source current")
@@ -124,6 +153,9 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> DaemonSettings:
+    # pydantic-settings: loaded only by the commands that read settings
+    from service.config import DaemonSettings, SettingsError, load_settings  # noqa: PLC0415
+
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
@@ -180,7 +212,7 @@ def _destination_conflicts(
     problems = []
     seen: list[tuple[int, SourceSettings, Path, bool]] = []
     for index, source, storage in built:
-        destination, managed = storage.destination, isinstance(storage, ManagedStorage)
+        destination, managed = storage.destination, not isinstance(storage, LocalStorage)
         for other, other_source, other_path, other_managed in seen:
             if destination == other_path:
                 if source.name is None or source.name != other_source.name:
@@ -203,11 +235,20 @@ def _destination_conflicts(
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - only the commands that pull need it
+
+    from runner_storage import __version__  # noqa: PLC0415 - importlib.metadata is slow
+    from service.logging import configure_logging  # noqa: PLC0415 - structlog is slow to load
+
     settings = _settings(args)
     configure_logging(format=settings.log_format, level=settings.log_level)
     built = _build_all(settings)
     from service.daemon import Daemon, SourceRuntime  # noqa: PLC0415 - only the daemon needs it
-    from service.http import serve_http  # noqa: PLC0415
+
+    serve_http: Callable[..., Coroutine[Any, Any, None]] | None = None
+    if settings.http_port is not None:
+        # aiohttp's server is loaded only when there is something to serve.
+        from service.http import serve_http  # noqa: PLC0415
 
     try:
         settings.root.mkdir(parents=True, exist_ok=True)
@@ -246,6 +287,12 @@ def _exit_if_threads_linger(code: int) -> None:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - only the commands that pull need it
+    from pydantic import ValidationError  # noqa: PLC0415 - only commands that read settings
+
+    from service.config import DaemonSettings, SourceSettings  # noqa: PLC0415 - as pydantic
+    from service.logging import configure_logging  # noqa: PLC0415 - structlog is slow to load
+
     configure_logging(format="console", level="warning", stream=sys.stderr)
     directories = [d for d in (args.directories or "").split(",") if d.strip()] or None
     options: dict[str, Any] = {
@@ -263,7 +310,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise _UsageError([_option_problem(exc)]) from None
     ((_, storage),) = _build_all(settings.model_copy(update={"sources": [source]}))
-    label = storage.redact(args.source) if isinstance(storage, ManagedStorage) else args.source
+    label = args.source if isinstance(storage, LocalStorage) else storage.redact(args.source)
     try:
         if isinstance(storage, LocalStorage) and not storage.destination.is_dir():
             raise NotFoundError(
@@ -370,11 +417,13 @@ def _cmd_steps(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415 - only the commands that pull need it
+
     settings = _settings(args)
     built = _build_all(settings)
     failures = 0
     for source, storage in built:
-        name = storage.name if isinstance(storage, ManagedStorage) else str(storage.destination)
+        name = str(storage.destination) if isinstance(storage, LocalStorage) else storage.name
         try:
             revision = anyio.run(_resolve, storage)
         except RunnerStorageError as exc:

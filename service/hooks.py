@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
 import anyio
 
 from runner_storage.exceptions import PublishError
@@ -121,6 +120,8 @@ async def post_webhook(url: str, event: PublishEvent, *, timeout: float, retries
     Raises:
         HookError: every attempt failed.
     """
+    import aiohttp  # noqa: PLC0415 - only sources with a webhook load the HTTP client
+
     failure = ""
     body = json.dumps(event.as_json()).encode()
     client_timeout = aiohttp.ClientTimeout(total=timeout)
