@@ -290,7 +290,11 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415 - only the commands that pull need it
     from pydantic import ValidationError  # noqa: PLC0415 - only commands that read settings
 
-    from service.config import DaemonSettings, SourceSettings  # noqa: PLC0415 - as pydantic
+    from service.config import (  # noqa: PLC0415 - as pydantic
+        SettingsError,
+        SourceSettings,
+        load_settings,
+    )
     from service.logging import configure_logging  # noqa: PLC0415 - structlog is slow to load
 
     configure_logging(format="console", level="warning", stream=sys.stderr)
@@ -304,9 +308,20 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         "commit_sha": args.commit_sha,
         "directories": directories,
     }
+    # Of the daemon's settings only retention applies to one pull; a sidecar's
+    # RUNNER_STORAGE_SOURCE and the like must not leak in.
+    retention = {
+        key: value
+        for key, value in os.environ.items()
+        if key.upper() in ("RUNNER_STORAGE_KEEP_VERSIONS", "RUNNER_STORAGE_GRACE_PERIOD")
+    }
+    try:
+        settings = load_settings(environ=retention)
+    except SettingsError as exc:
+        raise _UsageError(exc.problems) from None
     try:
         source = SourceSettings(**options)
-        settings = DaemonSettings(root=_check_dest(args.dest or Path.cwd()))
+        settings = settings.model_copy(update={"root": _check_dest(args.dest or Path.cwd())})
     except ValidationError as exc:
         raise _UsageError([_option_problem(exc)]) from None
     ((_, storage),) = _build_all(settings.model_copy(update={"sources": [source]}))

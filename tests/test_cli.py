@@ -76,6 +76,23 @@ class TestPull:
         assert result.returncode == 0, result.stderr
         assert sorted(path.name for path in tmp_path.iterdir()) == [".runner-storage", "a"]
 
+    def test_retention_from_the_environment(
+        self, tmp_path: Path, upstream_repo: UpstreamRepoFactory
+    ) -> None:
+        """RUNNER_STORAGE_KEEP_VERSIONS and _GRACE_PERIOD apply to pull; a bad one exits 2."""
+        repo = upstream_repo()
+        env = {"RUNNER_STORAGE_KEEP_VERSIONS": "1", "RUNNER_STORAGE_GRACE_PERIOD": "0"}
+        args = ("pull", repo.file_url, "--dest", str(tmp_path), "--name", "a")
+        assert cli(*args, env=env).returncode == 0
+        repo.commit({"README.md": "second\n"})
+        assert cli(*args, env=env).returncode == 0
+        versions = tmp_path / ".runner-storage" / "a" / "versions"
+        assert [v.name[:40] for v in versions.iterdir()] == [repo.head()]
+        bad = cli(*args, env={"RUNNER_STORAGE_KEEP_VERSIONS": "none"})
+        assert bad.returncode == 2
+        assert "keep_versions" in bad.stderr
+        assert "RUNNER_STORAGE_KEEP_VERSIONS" in bad.stderr
+
     def test_sparse_directories(self, tmp_path: Path, upstream_repo: UpstreamRepoFactory) -> None:
         """--directories publishes only those directories (and top-level files)."""
         repo = upstream_repo()
