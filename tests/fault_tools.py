@@ -18,7 +18,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,22 +124,15 @@ class CLIRun:
 
     def wait_paused(self, timeout: float = 60) -> str:
         """Wait until the CLI froze at its pause point; return the event it froze at."""
-        deadline = time.monotonic() + timeout
-        while not (self.marker.exists() and is_stopped(self.pid)):
-            if self.popen.poll() is not None:
-                raise AssertionError(
-                    f"the CLI exited ({self.popen.returncode}) before its pause point:\n"
-                    + self.output()
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the CLI did not reach its pause point:\n{self.output()}")
-            time.sleep(0.005)
-        return self.marker.read_text().strip()
+        return self._wait_marker(lambda: is_stopped(self.pid), timeout)
 
     def wait_held(self, timeout: float = 60) -> str:
         """Wait until a thread of the CLI is held at its pause point; return the event."""
+        return self._wait_marker(lambda: True, timeout)
+
+    def _wait_marker(self, also: Callable[[], bool], timeout: float) -> str:
         deadline = time.monotonic() + timeout
-        while not self.marker.exists():
+        while not (self.marker.exists() and also()):
             if self.popen.poll() is not None:
                 raise AssertionError(
                     f"the CLI exited ({self.popen.returncode}) before its pause point:\n"

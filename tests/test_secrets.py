@@ -372,6 +372,51 @@ class TestCanaryNeverLeaks:
         scanner.add_tree(daemon.root)
         assert scanner.leaks() == []
 
+    def test_s3_kill_mid_download(self, s3_server: S3Server, tmp_path: Path) -> None:
+        """Frozen mid-download with the secret in settings: no file or argv holds it.
+
+        Nor after kill -9, nor after the restart that cleans up and publishes.
+        """
+        with s3_server.enable_auth() as (key, secret):
+            bucket = s3_server.new_bucket("killed")
+            for index in range(40):
+                s3_server.put(bucket, f"code/f{index:02}.bin", secrets.token_bytes(4096))
+            root = tmp_path / "root"
+            config = tmp_path / "config.toml"
+            config.write_text(
+                f'root = "{root}"\nhttp_port = 0\nlog_format = "json"\n'
+                f'[[sources]]\nname = "code"\nsource = "s3://{bucket}/code"\n'
+                f'settings = {{ endpoint_url = "{s3_server.endpoint_url}", key = "{key}",'
+                ' secret = { env = "S3_SECRET" } }\n'
+            )
+            env = {"S3_SECRET": secret}
+            scanner = Scanner([secret])
+            lines = CommandLines()
+            run = start_cli(
+                ["run", "--once", "--config", str(config)],
+                workdir=tmp_path,
+                env=env,
+                pause_at="open|/staging/|10",
+            )
+            with stopped_on_exit(run):
+                run.wait_paused()
+                lines.roots.add(run.pid)
+                lines.sample()
+                scanner.add_tree(root, "mid-download: ")
+                run.kill()
+            scanner.add("killed run", run.output())
+            scanner.add_tree(root, "after kill: ")
+            code, output = run_cli(
+                ["run", "--once", "--config", str(config)], workdir=tmp_path, env=env
+            )
+            assert code == 0, output
+            assert published_version(root, "code") is not None
+        scanner.add("restart", output)
+        scanner.add_tree(root)
+        scanner.add("command lines", b"\n".join(lines.seen))
+        assert lines.seen  # the frozen CLI's own command line was read
+        assert scanner.leaks() == []
+
 
 def _cli_output(*args: str, env: dict[str, str] | None = None) -> str:
     result = cli(*args, env=env)
