@@ -210,11 +210,6 @@ def _link_files(entries: Sequence[TreeEntry], source: Path, target: Path) -> set
     return linked
 
 
-#: Per object store: a commit, and the ``directories`` whose file contents are all there.
-#: Lets the sources of one repository skip asking git what is missing, one after another.
-_complete_cones: dict[Path, tuple[str, set[tuple[str, ...]]]] = {}
-
-
 async def _ensure_blobs(
     store: ObjectStore, sha: str, entries: Sequence[TreeEntry], cones: Sequence[tuple[str, ...]]
 ) -> None:
@@ -223,9 +218,7 @@ async def _ensure_blobs(
     ``cones[0]`` is the tree being exported, the rest belong to other sources of the same
     commit; ``()`` is the whole tree.
     """
-    known_sha, complete = _complete_cones.get(store.path, ("", set()))
-    if known_sha != sha:
-        complete = set()
+    complete = store.complete_cones(sha)
     if cones[0] in complete or () in complete:
         return
     wanted = {cone for cone in cones if cone not in complete}
@@ -237,7 +230,7 @@ async def _ensure_blobs(
         raise ServerRefusedObjectsError(
             f"{store.where} refuses to send file contents by id; fetching without a filter"
         )
-    _complete_cones[store.path] = (sha, complete | wanted)
+    store.remember_complete(sha, wanted)
 
 
 async def _checkout(store: ObjectStore, entries: Sequence[TreeEntry], target: Path) -> None:

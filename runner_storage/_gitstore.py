@@ -59,6 +59,11 @@ _RECENT_TREES = 2
 _recent_trees: OrderedDict[tuple[Path, str], tuple[TreeEntry, ...]] = OrderedDict()
 
 
+#: Per object store: a commit, and the ``directories`` whose file contents are all there.
+#: Lets the sources of one repository skip asking git what is missing, one after another.
+_complete_cones: dict[Path, tuple[str, set[tuple[str, ...]]]] = {}
+
+
 class _Flight:
     """One ``ls-remote`` in progress, whose answer others may wait for."""
 
@@ -124,6 +129,8 @@ class ObjectStore:
                 pass
 
     async def _create(self) -> None:
+        # A store made anew (its folder was removed) holds none of what we remembered.
+        _complete_cones.pop(self.path, None)
         # Built aside and renamed, so a killed creation never leaves a half-made store.
         temporary = self.path.with_name(self.path.name + ".new")
         await anyio.to_thread.run_sync(shutil.rmtree, temporary, True)
@@ -252,6 +259,15 @@ class ObjectStore:
             "rev-list", "--missing=print", "--no-walk", sha, git_dir=self.path
         )
         return result.returncode == 0
+
+    def complete_cones(self, sha: str) -> set[tuple[str, ...]]:
+        """The ``directories`` of commit ``sha`` known to have all their contents here."""
+        known, cones = _complete_cones.get(self.path, ("", set()))
+        return set(cones) if known == sha else set()
+
+    def remember_complete(self, sha: str, cones: set[tuple[str, ...]]) -> None:
+        """Record that ``cones`` of commit ``sha`` have all their contents here."""
+        _complete_cones[self.path] = (sha, self.complete_cones(sha) | cones)
 
     def is_partial(self) -> bool:
         """Whether a blobless fetch ever came here (git keeps those in promisor packs)."""

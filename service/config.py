@@ -345,7 +345,10 @@ def load_settings(
     try:
         settings = DaemonSettings.model_validate(values)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, provided) + problems, _valid_sources(values)) from None
+        # Whole-model errors repeat the cross-field problems above: keep them only if
+        # the raw values hid those (never end up with an empty list).
+        described = _describe(exc, provided, whole_model=not problems)
+        raise SettingsError(described + problems, _valid_sources(values)) from None
     if problems:
         raise SettingsError(problems, list(enumerate(settings.all_sources())))
     return settings
@@ -483,12 +486,10 @@ def _problem(
     return f"{_format_location(loc) or 'settings'}: {message}{where}"
 
 
-def _describe(exc: ValidationError, provided: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """The field errors, one line each.
-
-    Whole-model errors are the cross-field checks, which :func:`load_settings` reports
-    itself, one line per problem.
-    """
+def _describe(
+    exc: ValidationError, provided: list[tuple[str, dict[str, Any]]], *, whole_model: bool
+) -> list[str]:
+    """The validation errors, one line each; ``whole_model`` keeps the model-level ones."""
     return [
         _problem(
             error["loc"],
@@ -496,7 +497,7 @@ def _describe(exc: ValidationError, provided: list[tuple[str, dict[str, Any]]]) 
             provided,
         )
         for error in exc.errors(include_url=False, include_input=False)
-        if error["loc"]
+        if error["loc"] or whole_model
     ]
 
 

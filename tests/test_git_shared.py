@@ -8,6 +8,7 @@ source of that ref arrive in one request, whichever source pulls first.
 from __future__ import annotations
 
 import gc
+import shutil
 import warnings
 from pathlib import Path
 
@@ -160,6 +161,23 @@ class TestOneSweep:
         assert fetches(git_http_server, upstream) == 2
         for storage, team in zip(others, DIRECTORIES[1:], strict=True):
             assert published_files(storage) == cone(team)
+
+
+    async def test_removed_store_is_filled_again_in_one_request(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """Deleting the object stores under a running process costs one fetch, not one per file.
+
+        What the process remembered about the old store is forgotten with it.
+        """
+        upstream = team_repository(upstream_repo)
+        first, second, *_ = sources(git_http_server, upstream, tmp_path)
+        await first.pull_code()
+        shutil.rmtree(tmp_path / ".runner-storage" / ".repos")
+        git_http_server.reset_stats()
+        await second.pull_code()
+        assert fetches(git_http_server, upstream) == 2
+        assert published_files(second) == cone(DIRECTORIES[1])
 
 
 class TestWhoShares:
