@@ -162,7 +162,6 @@ class TestOneSweep:
         for storage, team in zip(others, DIRECTORIES[1:], strict=True):
             assert published_files(storage) == cone(team)
 
-
     async def test_removed_store_is_filled_again_in_one_request(
         self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
     ) -> None:
