@@ -208,10 +208,17 @@ class Worker:
 
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime + cutime + cstime of ``pid``: its CPU and its reaped children's."""
+    own, children = proc_cpu_split(pid)
+    return own + children
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """``pid``'s own CPU seconds (utime + stime) and its reaped children's (cutime + cstime)."""
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime is field 14 -> index 11.
-    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+    ticks = [int(v) for v in fields[11:15]]
+    return (ticks[0] + ticks[1]) / CLOCK_TICKS, (ticks[2] + ticks[3]) / CLOCK_TICKS
 
 
 def proc_rss_kb(pid: int) -> int:

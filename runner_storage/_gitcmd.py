@@ -112,6 +112,11 @@ def ssh_command(key_file: Path | None, known_hosts_file: Path | None) -> str | N
     return shlex.join(argv)
 
 
+def authorization(basic_auth: tuple[str, str]) -> str:
+    """The ``Authorization`` header value for ``(username, password)``."""
+    return "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
+
+
 def git_environment(
     *,
     basic_auth: tuple[str, str] | None,
@@ -150,8 +155,8 @@ def git_environment(
         env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
     config = list(_HARDENED_CONFIG)
     if basic_auth is not None and http_origin is not None:
-        token = base64.b64encode(":".join(basic_auth).encode()).decode()
-        config.append((f"http.{http_origin}.extraHeader", f"Authorization: Basic {token}"))
+        header = "Authorization: " + authorization(basic_auth)
+        config.append((f"http.{http_origin}.extraHeader", header))
     env["GIT_CONFIG_COUNT"] = str(len(config))
     for index, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{index}"] = key
@@ -175,11 +180,30 @@ class Git:
         env: the child environment (see :func:`git_environment`); it may hold a secret,
             so it is never logged.
         redact: applied to everything that leaves this class as text.
+        http_authorization: the ``Authorization`` header the environment gives git for
+            the repository's origin, for requests made without git (see ``_gitrefs``).
     """
 
-    def __init__(self, env: Mapping[str, str], *, redact: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        redact: Callable[[str], str],
+        http_authorization: str | None = None,
+    ) -> None:
         self._env = dict(env)
         self.redact = redact
+        self.http_authorization = http_authorization
+
+    @property
+    def environment(self) -> Mapping[str, str]:
+        """The child environment (it may hold a secret: never log it)."""
+        return self._env
+
+    @property
+    def user_agent(self) -> str:
+        """The ``User-Agent`` git sends (known once :func:`check_git_version` has run)."""
+        return f"git/{_installed_version_text or 'unknown'}"
 
     @property
     def identity(self) -> str:
@@ -282,6 +306,7 @@ async def _drain(stream: ByteReceiveStream | None, into: list[bytes]) -> None:
 
 
 _installed_version: tuple[int, int] | None = None
+_installed_version_text: str | None = None
 
 
 async def check_git_version(git: Git) -> tuple[int, int]:
@@ -290,13 +315,14 @@ async def check_git_version(git: Git) -> tuple[int, int]:
     Raises:
         ConfigurationError: git is missing or older than :data:`MIN_GIT_VERSION`.
     """
-    global _installed_version  # noqa: PLW0603 - one check per process is enough
+    global _installed_version, _installed_version_text  # noqa: PLW0603 - once per process
     if _installed_version is None:
         result = await git.run("--version")
-        match = re.search(r"git version (\d+)\.(\d+)", result.stdout.decode(errors="replace"))
+        match = re.search(r"git version ((\d+)\.(\d+)\S*)", result.stdout.decode(errors="replace"))
         if result.returncode != 0 or match is None:
             raise ConfigurationError("cannot tell the installed git version: is git installed?")
-        _installed_version = (int(match[1]), int(match[2]))
+        _installed_version = (int(match[2]), int(match[3]))
+        _installed_version_text = match[1]
     if _installed_version < MIN_GIT_VERSION:
         needed = ".".join(map(str, MIN_GIT_VERSION))
         found = ".".join(map(str, _installed_version))

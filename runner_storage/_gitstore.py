@@ -12,6 +12,7 @@ sharing the store take turns. Names starting with ``.`` are reserved by
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 import anyio
 
 from runner_storage._gitcmd import Git
+from runner_storage._gitrefs import RefusedError, list_refs
 from runner_storage._giturl import RemoteURL
 from runner_storage._lock import file_lock
 from runner_storage.publish import disk_error
@@ -165,13 +167,14 @@ class ObjectStore:
     # --- talking to the remote -------------------------------------------------------------
 
     async def ls_remote(self, *patterns: str, symref: bool = False) -> list[tuple[str, str]]:
-        """``(object id or "ref: TARGET", refname)`` pairs the remote advertises.
+        """``(object id or "ref: TARGET", refname)`` pairs of the refs named ``patterns``.
+
+        Patterns are full ref names (``HEAD``, ``refs/heads/main``, ``refs/tags/v1^{}``).
 
         Sources of this store asking the same question with the same credentials while
         one of them is already asking share its answer (one request for all).
         """
-        args = ("ls-remote", *(["--symref"] if symref else []), "origin", *patterns)
-        key = (self.path, args, self.git.identity)
+        key = (self.path, (*patterns, str(symref)), self.git.identity)
         flight = _ls_remote_flights.get(key)
         if flight is not None:
             await flight.done.wait()
@@ -183,7 +186,7 @@ class ObjectStore:
         flight = _Flight()
         _ls_remote_flights[key] = flight
         try:
-            flight.result = await self._ls_remote(args)
+            flight.result = await self._ls_remote(patterns, symref)
         except Exception as exc:
             flight.error = exc
             raise
@@ -193,7 +196,28 @@ class ObjectStore:
             flight.done.set()
         return list(flight.result)
 
-    async def _ls_remote(self, args: tuple[str, ...]) -> list[tuple[str, str]]:
+    async def _ls_remote(self, names: tuple[str, ...], symref: bool) -> list[tuple[str, str]]:
+        if self.remote.http_origin is not None:
+            # Without starting git when the server allows (see _gitrefs); else git answers.
+            ask = functools.partial(
+                list_refs,
+                self.remote.fetch_url,
+                names,
+                symrefs=symref,
+                authorization=self.git.http_authorization,
+                env=self.git.environment,
+                user_agent=self.git.user_agent,
+            )
+            refusal = None
+            try:
+                answer = await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
+            except RefusedError as exc:
+                refusal, answer = exc.stderr, None
+            if refusal is not None:  # raised out here, so that no context is attached
+                raise self.git.failure("list refs", self.where, refusal)
+            if answer is not None:
+                return answer
+        args = ("ls-remote", *(["--symref"] if symref else []), "origin", *names)
         out = await self.git.check(*args, what="list refs", where=self.where, git_dir=self.path)
         pairs = []
         for line in out.decode("utf-8", "replace").splitlines():

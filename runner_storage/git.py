@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner_storage._gitcmd import Git, git_environment, ssh_command
+from runner_storage._gitcmd import Git, authorization, git_environment, ssh_command
 from runner_storage._gitsync import GitBackend, GitSource, Interest
 from runner_storage._giturl import (
     check_branch_name,
@@ -228,12 +228,14 @@ class GitRepository(ManagedStorage):
 
     def _git(self) -> Git:
         """A git runner with this pull's environment (credentials read now)."""
+        basic_auth = self._basic_auth()
         env = git_environment(
-            basic_auth=self._basic_auth(),
+            basic_auth=basic_auth,
             http_origin=self._remote.http_origin,
             ssh=ssh_command(self._ssh_key_file, self._known_hosts_file),
         )
-        return Git(env, redact=self.redact)
+        header = authorization(basic_auth) if basic_auth is not None else None
+        return Git(env, redact=self.redact, http_authorization=header)
 
 
 def _absolute(path: str | os.PathLike[str] | None) -> Path | None:

@@ -24,7 +24,7 @@ from typing import Any
 from bench.contenders import git_source, our_git_env, s3_source, write_config
 from bench.core import OUR_CLI, Bench
 from bench.datasets import ObjectTree, upload
-from bench.measure import live_children, proc_cpu_seconds, proc_rss_kb
+from bench.measure import live_children, proc_cpu_split, proc_rss_kb
 from bench.scenarios.git import REPO, build_repository
 from bench.servers import ServerUsage, free_port
 
@@ -114,7 +114,7 @@ def run(bench: Bench) -> None:
     bench.s3.reset()
     bench.git.reset()
     pulls_before = _pulls(port)
-    cpu_before = proc_cpu_seconds(popen.pid)
+    own_before, children_before = proc_cpu_split(popen.pid)
     window_start = time.monotonic()
     samples: list[tuple[float, int, int]] = []
     while (now := time.monotonic()) - window_start < params.daemon_seconds:
@@ -123,7 +123,9 @@ def run(bench: Bench) -> None:
         samples.append((now - window_start, rss, children))
         time.sleep(SAMPLE_SECONDS)
     elapsed = time.monotonic() - window_start
-    cpu = proc_cpu_seconds(popen.pid) - cpu_before
+    own_after, children_after = proc_cpu_split(popen.pid)
+    own, children_cpu = own_after - own_before, children_after - children_before
+    cpu = own + children_cpu
     pulls = _pulls(port) - pulls_before
     s3_usage, git_usage = bench.s3.usage(), bench.git.usage()
     _stop(popen)
@@ -146,6 +148,8 @@ def run(bench: Bench) -> None:
         "rss_growth_kb": round(last - first, 1),
         "rss_slope_kb_per_min": round(slope * 60, 1),
         "cpu_seconds": round(cpu, 3),
+        "cpu_own_seconds": round(own, 3),
+        "cpu_children_seconds": round(children_cpu, 3),
         "cpu_percent_of_one_core": round(100 * cpu / elapsed, 3),
         "pulls": pulls,
         "requests": {"s3": _usage(s3_usage), "git": _usage(git_usage)},
@@ -157,7 +161,8 @@ def run(bench: Bench) -> None:
         f"    RSS {result['rss_kb']['median'] / 1024:.1f} MB"
         f" (max {result['rss_kb']['max'] / 1024:.1f},"
         f" growth {result['rss_growth_kb']:.0f} kB), CPU {cpu:.2f} s"
-        f" = {result['cpu_percent_of_one_core']:.2f} % of a core, {pulls:.0f} pulls,"
+        f" = {result['cpu_percent_of_one_core']:.2f} % of a core (own {own:.2f} s,"
+        f" children {children_cpu:.2f} s), {pulls:.0f} pulls,"
         f" {s3_usage.requests} S3 + {git_usage.requests} git requests"
     )
 

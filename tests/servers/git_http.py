@@ -237,6 +237,7 @@ class GitHTTPServer:
         self.errors: list[str] = []
         self._hidden: set[str] = set()
         self._failures: list[int] = []
+        self._protocol_v2 = True
         self._lock = threading.Lock()
         server = _Server((LOOPBACK, 0), _Handler)
         server.owner = self
@@ -313,6 +314,15 @@ class GitHTTPServer:
             yield
         finally:
             self.unhide(repo)
+
+    @contextlib.contextmanager
+    def protocol_v0_only(self) -> Iterator[None]:
+        """Ignore ``Git-Protocol`` (answer as a server older than protocol v2) inside."""
+        self._protocol_v2 = False
+        try:
+            yield
+        finally:
+            self._protocol_v2 = True
 
     def fail_next(self, count: int = 1, status: int = 503) -> None:
         """Answer the next ``count`` authenticated requests with ``status`` (e.g. 500, 503)."""
@@ -395,7 +405,7 @@ class GitHTTPServer:
             REMOTE_USER=self.username,
             REMOTE_ADDR=LOOPBACK,
         )
-        if git_protocol:
+        if git_protocol and self._protocol_v2:
             env["HTTP_GIT_PROTOCOL"] = git_protocol
         if content_encoding:
             env["HTTP_CONTENT_ENCODING"] = content_encoding
