@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--many-sources", type=int, help="sources of one repository (default 10)")
     parser.add_argument("--daemon-seconds", type=float, help="daemon-at-rest window (default 60)")
     parser.add_argument("--daemon-interval", type=float, help="daemon pull interval (default 5)")
+    parser.add_argument("--daemon-git-sources", type=int, help="S7 git sources (default 10)")
+    parser.add_argument("--daemon-s3-sources", type=int, help="S7 S3 sources (default 10)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the pulled trees afterwards")
     return parser
@@ -73,6 +75,8 @@ def params_from(args: argparse.Namespace) -> Params:
         ("many_sources", "many_sources"),
         ("daemon_seconds", "daemon_seconds"),
         ("daemon_interval", "daemon_interval"),
+        ("daemon_git_sources", "daemon_git_sources"),
+        ("daemon_s3_sources", "daemon_s3_sources"),
     ):
         value = getattr(args, option)
         if value is not None:

@@ -14,7 +14,7 @@ import posixpath
 import re
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,15 +222,34 @@ async def _ensure_blobs(
     if cones[0] in complete or () in complete:
         return
     wanted = {cone for cone in cones if cone not in complete}
-    needed = {
-        entry.oid for cone in wanted for entry in select_entries(entries, cone) if entry.is_blob
-    }
-    missing = needed & await store.missing_objects(sha) if needed else set()
+    chosen = {entry.path: entry for cone in wanted for entry in select_entries(entries, cone)}
+    needed = {entry.oid for entry in chosen.values() if entry.is_blob}
+    missing = (
+        needed & await store.missing_objects(sha, _walk_limit(wanted, chosen)) if needed else set()
+    )
     if missing and not await store.fetch_objects(missing):
         raise ServerRefusedObjectsError(
             f"{store.where} refuses to send file contents by id; fetching without a filter"
         )
     store.remember_complete(sha, wanted)
+
+
+#: Above this many paths, :func:`_ensure_blobs` walks the whole tree rather than list them.
+_MAX_WALK_PATHS = 256
+
+
+def _walk_limit(cones: set[tuple[str, ...]], chosen: Mapping[str, TreeEntry]) -> list[str] | None:
+    """Paths covering every chosen entry: the cones' directories and the files beside them.
+
+    None (the whole tree) for a whole-tree cone, or when the list would be long.
+    """
+    if () in cones:
+        return None
+    directories = {directory for cone in cones for directory in cone}
+    prefixes = tuple(f"{d}/" for d in directories)
+    others = [path for path in chosen if not path.startswith(prefixes) and path not in directories]
+    limit = sorted(directories) + sorted(others)
+    return limit if len(limit) <= _MAX_WALK_PATHS else None
 
 
 async def _checkout(store: ObjectStore, entries: Sequence[TreeEntry], target: Path) -> None:

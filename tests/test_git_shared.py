@@ -179,6 +179,50 @@ class TestOneSweep:
         assert published_files(second) == cone(DIRECTORIES[1])
 
 
+class TestSparseContents:
+    """A sparse source gets every file of its cone in one request, wherever the files sit."""
+
+    @pytest.mark.parametrize("top_files", [1, 300], ids=["few-top-files", "many-top-files"])
+    async def test_nested_cone_and_the_files_beside_it_arrive_in_one_request(
+        self,
+        upstream_repo: UpstreamRepoFactory,
+        git_http_server: GitHTTPServer,
+        tmp_path: Path,
+        top_files: int,
+    ) -> None:
+        """``apps/web`` brings its subtree and the files of ``apps/`` and the root.
+
+        With many top-level files the search for missing contents walks the whole tree
+        instead of listing the paths; the result is the same.
+        """
+        upstream = upstream_repo()
+        files: dict[str, str | None] = {f"top{i:03d}.txt": f"{i}\n" for i in range(top_files)}
+        files.update({
+            "apps/README.md": "apps\n", "apps/web/app.py": "web\n",
+            "apps/web/deep/x.py": "x\n", "apps/api/api.py": "api\n",
+        })  # fmt: skip
+        upstream.commit(files)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # clear-text http on loopback
+            storage = GitRepository(
+                git_http_server.url_for(upstream),
+                credentials={
+                    "username": git_http_server.username,
+                    "access_token": git_http_server.password,
+                },
+                directories=["apps/web"],
+            )
+        storage.set_base_path(tmp_path)
+        git_http_server.reset_stats()
+        await storage.pull_code()
+        assert fetches(git_http_server, upstream) == 2
+        top = [path for path in INITIAL_FILES if "/" not in path]
+        assert published_files(storage) == sorted([
+            *top, *(f"top{i:03d}.txt" for i in range(top_files)),
+            "apps/README.md", "apps/web/app.py", "apps/web/deep/x.py",
+        ])  # fmt: skip
+
+
 class TestWhoShares:
     """Only live sources of the same store and ref are fetched for."""
 
