@@ -178,35 +178,39 @@ def _is_attributes(path: str) -> bool:
 
 
 def _link_files(entries: Sequence[TreeEntry], source: Path, target: Path) -> set[str]:
-    """Hard-link files from ``source`` into ``target``; return the paths that worked."""
-    real_source = os.path.realpath(source)
-    trusted: dict[Path, bool] = {}
+    """Hard-link files from ``source`` into ``target``; return the paths that worked.
+
+    Runs once per file of a new version (thousands): plain strings, not :class:`Path`,
+    and one check per directory.
+    """
+    source_root, target_root = os.fspath(source), os.fspath(target)
+    real_source = os.path.realpath(source_root)
+    trusted: dict[str, bool] = {}
     linked: set[str] = set()
     for entry in entries:
-        origin = source / entry.path
-        destination = target / entry.path
+        path = entry.path
+        parent = posixpath.dirname(path)
         try:
-            if origin.parent not in trusted:
+            inside = trusted.get(parent)
+            if inside is None:
                 # A parent reached through a symlink could lead anywhere: never link from it.
-                real_parent = os.path.realpath(origin.parent)
-                expected = os.path.normpath(
-                    os.path.join(real_source, posixpath.dirname(entry.path))
-                )
-                inside = real_parent == expected
-                trusted[origin.parent] = inside
+                real_parent = os.path.realpath(os.path.join(source_root, parent))
+                expected = os.path.normpath(os.path.join(real_source, parent))
+                inside = trusted[parent] = real_parent == expected
                 if inside:
-                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    os.makedirs(os.path.join(target_root, parent), exist_ok=True)
+            if not inside:
+                continue
+            origin = os.path.join(source_root, path)
             info = os.lstat(origin)
-            if (
-                not trusted[origin.parent]
-                or not stat.S_ISREG(info.st_mode)
-                or bool(info.st_mode & 0o100) != (entry.mode == "100755")
+            if not stat.S_ISREG(info.st_mode) or bool(info.st_mode & 0o100) != (
+                entry.mode == "100755"
             ):
                 continue
-            os.link(origin, destination, follow_symlinks=False)
+            os.link(origin, os.path.join(target_root, path), follow_symlinks=False)
         except OSError:
             continue  # written by checkout instead
-        linked.add(entry.path)
+        linked.add(path)
     return linked
 
 

@@ -18,8 +18,8 @@ import os
 import shutil
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 
@@ -37,9 +37,11 @@ _REPOS_DIR = ".repos"
 _BLOB_MODES = frozenset({"100644", "100755", "120000"})
 
 
-@dataclass(frozen=True)
-class TreeEntry:
-    """One entry of ``git ls-tree -r``: a file, a symlink or a submodule (gitlink)."""
+class TreeEntry(NamedTuple):
+    """One entry of ``git ls-tree -r``: a file, a symlink or a submodule (gitlink).
+
+    A tuple, not a dataclass: a large repository lists tens of thousands per commit.
+    """
 
     mode: str
     oid: str
@@ -56,8 +58,10 @@ class TreeEntry:
         return self.mode in _BLOB_MODES
 
 
-#: How many commits' file lists :meth:`ObjectStore.list_tree` keeps (new and previous).
-_RECENT_TREES = 2
+#: How many commits' file lists :meth:`ObjectStore.list_tree` keeps: the new commit, the
+#: previous one (each pull compares them) and the one before, which the previous pull's
+#: comparison made the most recently used.
+_RECENT_TREES = 3
 _recent_trees: OrderedDict[tuple[Path, str], tuple[TreeEntry, ...]] = OrderedDict()
 
 

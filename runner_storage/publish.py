@@ -445,18 +445,25 @@ class Publisher:
 def check_contained(root: Path) -> None:
     """Raise UnsafeContentError if a symlink under ``root`` resolves outside it."""
     real_root = os.path.realpath(root)
-    for directory, dirnames, filenames in os.walk(root):
-        for entry in (*dirnames, *filenames):
-            path = os.path.join(directory, entry)
-            if not os.path.islink(path):
-                continue
-            resolved = os.path.realpath(path)
-            if resolved != real_root and not resolved.startswith(real_root + os.sep):
-                relative = os.path.relpath(path, root)
-                raise UnsafeContentError(
-                    f"symlink {relative} -> {os.readlink(path)} points outside the source tree;"
-                    " remove it upstream (nothing was published)"
-                )
+    pending = [os.fspath(root)]
+    while pending:
+        try:
+            listing = os.scandir(pending.pop())
+        except OSError:
+            continue  # as os.walk: what cannot be listed holds nothing to follow
+        with listing as entries:
+            for entry in entries:
+                if not entry.is_symlink():  # from the directory listing: no stat per file
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    continue
+                resolved = os.path.realpath(entry.path)
+                if resolved != real_root and not resolved.startswith(real_root + os.sep):
+                    relative = os.path.relpath(entry.path, root)
+                    raise UnsafeContentError(
+                        f"symlink {relative} -> {os.readlink(entry.path)} points outside the"
+                        " source tree; remove it upstream (nothing was published)"
+                    )
 
 
 def _make_dirs(path: Path) -> None:
