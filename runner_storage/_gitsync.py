@@ -1,4 +1,4 @@
-"""One pull of a git source: resolve the commit (one ``ls-remote``), then build its tree.
+"""One pull of a git source: resolve the commit (one ref lookup), then build its tree.
 
 :class:`GitBackend` is the :class:`~runner_storage.publish.Backend` of
 :class:`~runner_storage.git.GitRepository`. The publisher calls :meth:`GitBackend.resolve`
@@ -449,7 +449,7 @@ def _branch_ref(target: str | None) -> str:
 
 
 def _object_id(value: str, store: ObjectStore) -> str:
-    """A commit id from ``ls-remote``; it names directories, so check it is one."""
+    """A commit id from a ref lookup; it names directories, so check it is one."""
     if not _OBJECT_ID.fullmatch(value):
         raise SourceError(f"{store.where} answered {value[:80]!r} where a commit id belongs")
     return value

@@ -3,9 +3,10 @@
 Names, arguments, defaults and the destination naming rule are Prefect's
 (``prefect.runner.storage.GitRepository``). What differs is underneath: every source of one
 repository shares a bare object store under ``BASE/.runner-storage/.repos/``; a pull asks
-the remote for exactly one ref (``git ls-remote``), fetches only that ref, shallow and,
-with ``directories``, blobless; and the commit's tree is exported without any ``.git``
-into a new immutable version that the publisher swaps in atomically.
+the remote for exactly one ref (protocol v2 ``ls-refs``, in process over http(s), else
+``git ls-remote``), fetches only that ref, shallow and, with ``directories``, blobless;
+and the commit's tree is exported without any ``.git`` into a new immutable version that
+the publisher swaps in atomically.
 """
 
 from __future__ import annotations
