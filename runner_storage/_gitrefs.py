@@ -38,7 +38,7 @@ MAX_ANSWER = 8 * 1024 * 1024
 
 _ADVERTISEMENT = "application/x-git-upload-pack-advertisement"
 _RESULT = "application/x-git-upload-pack-result"
-_FLUSH, _DELIM, _RESPONSE_END = 0, 1, 2
+_FLUSH = 0
 
 _contexts: dict[tuple[str | None, str | None, float], ssl.SSLContext] = {}
 _contexts_lock = threading.Lock()
@@ -91,14 +91,14 @@ def list_refs(
         RefusedError: the server answered with an HTTP error status (not a redirect).
     """
     try:
-        return _list_refs(
-            url,
-            names,
-            symrefs=symrefs,
-            authorization=authorization,
-            env=env,
-            user_agent=user_agent,
-        )
+        parts = _direct(url, env)
+        if parts is None:
+            return None
+        headers = {"User-Agent": user_agent, "Git-Protocol": "version=2", "Pragma": "no-cache"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        listing = _exchange(parts, env, headers=headers, names=names, symrefs=symrefs)
+        return _pairs(listing, names, symrefs)
     except RefusedError:
         raise
     except (_Unusable, OSError, http.client.HTTPException, ValueError) as exc:
@@ -107,26 +107,26 @@ def list_refs(
         return None
 
 
-def _list_refs(
-    url: str,
-    names: Sequence[str],
-    *,
-    symrefs: bool,
-    authorization: str | None,
-    env: Mapping[str, str],
-    user_agent: str,
-) -> list[tuple[str, str]]:
+def _direct(url: str, env: Mapping[str, str]) -> urllib.parse.SplitResult | None:
+    """``url`` split, if nothing in git's environment would make git reach it otherwise."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
-        raise _Unusable("not a plain http(s) URL")
+        return None
     if any(env.get(k) for k in ("GIT_SSL_CERT", "GIT_SSL_KEY", "GIT_HTTP_USER_AGENT")):
-        raise _Unusable("a client certificate or user agent of one's own")
-    if _proxied(parts.hostname, env):
-        raise _Unusable("a proxy applies")
-    headers = {"User-Agent": user_agent, "Git-Protocol": "version=2", "Pragma": "no-cache"}
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    base = parts.path.rstrip("/")
+        return None  # a client certificate or a user agent of one's own
+    return None if _proxied(parts.hostname, env) else parts
+
+
+def _exchange(
+    parts: urllib.parse.SplitResult,
+    env: Mapping[str, str],
+    *,
+    headers: Mapping[str, str],
+    names: Sequence[str],
+    symrefs: bool,
+) -> bytes:
+    """The capability advertisement, then the ``ls-refs`` answer, on one connection."""
+    url, base = parts.geturl(), parts.path.rstrip("/")
     connection = _connection(parts, env)
     try:
         try:
@@ -143,23 +143,21 @@ def _list_refs(
                 raise
             raise RefusedError(_git_words(url, refused.status)) from None
         capabilities = _capabilities(advertised)
-        body = _ls_refs_request(names, symrefs, capabilities.get("object-format"))
         request_headers = {
             **headers,
             "Content-Type": "application/x-git-upload-pack-request",
             "Accept": _RESULT,
         }
-        listing = _request(
+        return _request(
             connection,
             "POST",
             f"{base}/git-upload-pack",
-            body=body,
+            body=_ls_refs_request(names, symrefs, capabilities.get("object-format")),
             headers=request_headers,
             content_type=_RESULT,
         )
     finally:
         connection.close()
-    return _pairs(listing, names, symrefs)
 
 
 def _proxied(host: str, env: Mapping[str, str]) -> bool:
