@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the tests need: sshd for ssh:// sources, openssl for the HTTPS git server;
 # podman + runc + debootstrap build and run the container image for real (tests/test_deploy.py,
-# see TESTING.md), systemd-analyze verifies the unit files.
+# tests/containers.py), systemd-analyze verifies the unit files.
 SYSTEM_TOOLS := /usr/sbin/sshd /usr/bin/openssl /usr/bin/git /usr/bin/podman /usr/sbin/runc \
 	/usr/sbin/debootstrap /usr/bin/systemd-analyze
 

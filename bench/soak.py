@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from runner_storage.publish.layout import repos_dir
+
 BIN = Path(sys.executable).parent
 GIT_ENV = {
     **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
@@ -265,7 +267,7 @@ def disk_bytes(root: Path) -> tuple[int, int]:
     """
     seen: set[tuple[int, int]] = set()
     totals = [0, 0]
-    stores = root / ".runner-storage" / ".repos"
+    stores = repos_dir(root)
     for directory, dirnames, filenames in os.walk(root):
         which = 1 if Path(directory).is_relative_to(stores) else 0
         for name in (*dirnames, *filenames):

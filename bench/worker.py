@@ -53,7 +53,8 @@ def _instrument() -> None:
     if _instrumented:
         return
     _instrumented.append(True)
-    from runner_storage import publish, remote
+    from runner_storage.publish import publisher
+    from runner_storage.remote import backend
 
     def timed(owner: Any, attribute: str, label: str) -> None:
         original = getattr(owner, attribute)
@@ -67,8 +68,8 @@ def _instrument() -> None:
 
         setattr(owner, attribute, wrapper)
 
-    timed(remote, "_link_unchanged", "link")
-    timed(publish.Publisher, "_apply_retention", "retention")
+    timed(backend, "_link_unchanged", "link")
+    timed(publisher.Publisher, "_apply_retention", "retention")
 
 
 def _import(impl: str, kind: str) -> Any:

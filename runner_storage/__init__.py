@@ -6,18 +6,20 @@ The public names follow ``prefect.runner.storage``, so switching is an import ch
 
 :class:`GitRepository`, :class:`RemoteStorage` and :class:`BlockStorageAdapter` are imported
 on first use, so importing this package loads no backend (git, fsspec), and neither anyio
-nor pydantic; ``tests/test_imports.py`` keeps it so.
+nor pydantic; ``tests/test_imports.py`` keeps it so. The modules of the library are laid
+out by family (``git/``, ``remote/``, ``blocks/``) over shared machinery (``secrets/``,
+``publish/``, ``fs/``, ``steps/``); see the README's "Layout".
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from runner_storage.base import RunnerStorage, SyncResult
-from runner_storage.credentials import GitCredentials, Secret
+from runner_storage import _moved
+from runner_storage._lazy import lazy_exports
 from runner_storage.exceptions import (
     AuthenticationError,
+    CheckFailedError,
     ConfigurationError,
     CredentialsError,
     DestinationConflictError,
@@ -29,11 +31,13 @@ from runner_storage.exceptions import (
     TransientSourceError,
     UnsafeContentError,
 )
-from runner_storage.factory import create_storage_from_source
+from runner_storage.factory import classify_source, create_storage_from_source
 from runner_storage.local import LocalStorage
+from runner_storage.secrets import GitCredentials, Secret
+from runner_storage.types import RunnerStorage, SyncResult
 
 if TYPE_CHECKING:
-    from runner_storage.block import BlockStorageAdapter
+    from runner_storage.blocks import BlockStorageAdapter
     from runner_storage.git import GitRepository
     from runner_storage.remote import RemoteStorage
 
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationError",
     "BlockStorageAdapter",
+    "CheckFailedError",
     "ConfigurationError",
     "CredentialsError",
     "DestinationConflictError",
@@ -59,33 +64,31 @@ __all__ = [
     "SyncResult",
     "TransientSourceError",
     "UnsafeContentError",
+    "classify_source",
     "create_storage_from_source",
 ]
 
-# name -> module, for the names loaded on first access (PEP 562)
-_LAZY = {
-    "BlockStorageAdapter": "runner_storage.block",
-    "GitRepository": "runner_storage.git",
-    "RemoteStorage": "runner_storage.remote",
-}
+_moved.install()
+
+_lazy_getattr, __dir__ = lazy_exports(
+    __name__,
+    {
+        "BlockStorageAdapter": "runner_storage.blocks.adapter",
+        "GitRepository": "runner_storage.git.repository",
+        "RemoteStorage": "runner_storage.remote.storage",
+    },
+)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name == "__version__":
-        # importlib.metadata costs more to import than the rest of the package
-        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    if name != "__version__":
+        return _lazy_getattr(name)
+    # importlib.metadata costs more to import than the rest of the package
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
-        try:
-            value = version("runner-storage")
-        except PackageNotFoundError:
-            value = "0+unknown"
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        value = version("runner-storage")
+    except PackageNotFoundError:
+        value = "0+unknown"
     globals()[name] = value  # later lookups skip __getattr__
     return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})

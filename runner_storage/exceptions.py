@@ -9,22 +9,29 @@ RunnerStorageError                  root: catch this to catch everything we rais
 │   ├── TransientSourceError         network, 5xx, timeouts: retry with backoff
 │   ├── AuthenticationError          credentials were rejected or are needed
 │   ├── NotFoundError                repository, ref, bucket, prefix or path is missing
-│   └── UnsafeContentError           upstream content would escape the new version
+│   ├── UnsafeContentError           upstream content would escape the new version
+│   └── CheckFailedError             a pre-publish check refused the new version
 └── PublishError                     the local side failed: disk, permissions, lock
     └── DestinationConflictError     the destination holds something we do not manage
 ```
 
 Messages are one line: what failed, where (redacted), and a hint. Third-party errors are
-translated once per backend and chained with ``raise ... from``, unless the original could
-carry a secret, in which case the chain is cut.
+translated once per transport (``fs/errors.py``, ``git/errors.py``, the block adapter) and
+chained with ``raise ... from``, unless the original could carry a secret, in which case
+the chain is cut. What every transport shares is here: the meaning of an HTTP status
+(:func:`status_error`), local-disk errors (:func:`disk_error`), and one-line descriptions
+(:func:`one_line`, :func:`describe_error`).
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterator
 
 __all__ = [
+    "DISK_ERRNOS",
     "AuthenticationError",
+    "CheckFailedError",
     "ConfigurationError",
     "CredentialsError",
     "DestinationConflictError",
@@ -35,7 +42,11 @@ __all__ = [
     "SourceError",
     "TransientSourceError",
     "UnsafeContentError",
+    "describe_error",
     "disk_error",
+    "exception_chain",
+    "one_line",
+    "status_error",
 ]
 
 
@@ -92,6 +103,13 @@ class UnsafeContentError(SourceError):
     retryable = False
 
 
+class CheckFailedError(SourceError):
+    """A pre-publish check (``verify``, the daemon's check hook) refused the new version.
+
+    Retryable: a later revision upstream may pass.
+    """
+
+
 class PublishError(RunnerStorageError):
     """Building or publishing the local version failed: disk full, permissions, lock."""
 
@@ -102,6 +120,11 @@ class DestinationConflictError(PublishError):
     """The destination holds something runner-storage does not manage, or another source."""
 
     retryable = False
+
+
+#: errnos that always mean the local disk failed, even without a file name (a failed
+#: ``write()`` carries none).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def disk_error(what: str, exc: OSError) -> PublishError:
@@ -123,3 +146,58 @@ def disk_error(what: str, exc: OSError) -> PublishError:
     }
     hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
     return PublishError(f"{what}: {hint}")
+
+
+def status_error(status: int) -> type[SourceError] | None:
+    """What an HTTP answer with ``status`` means, for every transport that speaks HTTP.
+
+    401 and 403 are authentication, 404 and 410 not found, 408, 425, 429 and 5xx
+    transient; anything else (a success, a redirect, another client error) says nothing
+    on its own, and None lets the caller decide.
+    """
+    if status in (401, 403):
+        return AuthenticationError
+    if status in (404, 410):
+        return NotFoundError
+    if status in (408, 425, 429) or 500 <= status < 600:
+        return TransientSourceError
+    return None
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, and so on, as a traceback would show them.
+
+    Each once; ``__cause__`` first, and ``__context__`` unless ``raise ... from None``
+    suppressed it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        cause = current.__cause__
+        current = (
+            cause if cause is not None or current.__suppress_context__ else current.__context__
+        )
+
+
+def one_line(text: str, limit: int = 200, *, redact: Callable[[str], str] | None = None) -> str:
+    """The first non-blank line of ``text``, stripped, redacted, cut to ``limit`` characters.
+
+    Redacting before cutting matters: a secret cut in half would no longer be recognised.
+    """
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if redact is not None:
+        line = redact(line)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe_error(
+    exc: BaseException, limit: int = 200, *, redact: Callable[[str], str] | None = None
+) -> str:
+    """``Type: first line of the message`` (or the type alone), for a one-line message.
+
+    Pass ``redact`` whenever the result is shown: a third-party message may quote a secret.
+    """
+    text = one_line(str(exc), limit, redact=redact)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

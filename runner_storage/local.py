@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner_storage.base import SyncResult
 from runner_storage.steps import set_working_directory_step
+from runner_storage.types import StorageBase, SyncResult
 
 __all__ = ["LocalStorage"]
 
 
-class LocalStorage:
+class LocalStorage(StorageBase):
     """Use a local folder as it is, as Prefect's ``LocalStorage`` does.
 
     ``destination`` is the resolved ``path``; ``set_base_path`` has no effect on it.
@@ -23,24 +23,14 @@ class LocalStorage:
         # {"prefect.deployments.steps.set_working_directory": {"directory": "/srv/flows"}}
     """
 
-    def __init__(self, path: str | Path, pull_interval: int | None = None) -> None:
+    def __init__(self, path: str | Path, pull_interval: float | None = None) -> None:
+        super().__init__(pull_interval=pull_interval)
         self._path = Path(path).expanduser().resolve()
-        self._pull_interval = pull_interval
-        self._storage_base_path = Path.cwd()
 
     @property
     def destination(self) -> Path:
-        """The folder itself."""
+        """The folder itself; ``set_base_path`` does not move it."""
         return self._path
-
-    @property
-    def pull_interval(self) -> int | None:
-        """Seconds between pulls (pulls do nothing); None by default."""
-        return self._pull_interval
-
-    def set_base_path(self, path: Path | str) -> None:
-        """Accepted for protocol compatibility; the destination does not move."""
-        self._storage_base_path = Path(path)
 
     async def pull_code(self) -> SyncResult:
         """Nothing to pull: report the folder as unchanged."""

@@ -16,7 +16,10 @@ pytest_plugins = [
     "servers.s3",
     "servers.gcs",
     "servers.azurite",
+    "servers.ftp",
     "servers.http_files",
     "servers.fault_proxy",
     "daemon_process",
+    "remote_sources",
+    "containers",
 ]

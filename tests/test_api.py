@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
@@ -19,6 +20,7 @@ from runner_storage.remote import RemoteStorage
 PUBLIC_NAMES = {
     "AuthenticationError",
     "BlockStorageAdapter",
+    "CheckFailedError",
     "ConfigurationError",
     "CredentialsError",
     "DestinationConflictError",
@@ -36,6 +38,7 @@ PUBLIC_NAMES = {
     "SyncResult",
     "TransientSourceError",
     "UnsafeContentError",
+    "classify_source",
     "create_storage_from_source",
 }
 
@@ -44,8 +47,8 @@ HEAVY_MODULES = (
     "s3fs",
     "gcsfs",
     "adlfs",
-    "runner_storage.git",
-    "runner_storage._gitsync",
+    "runner_storage.git.repository",
+    "runner_storage.git.sync",
 )
 
 
@@ -70,7 +73,9 @@ class TestPublicNames:
         assert set(runner_storage.__all__) == PUBLIC_NAMES
         assert runner_storage.__all__ == sorted(runner_storage.__all__)
 
-    @pytest.mark.parametrize("name", sorted(PUBLIC_NAMES - {"GitRepository", "RemoteStorage"}))
+    @pytest.mark.parametrize(
+        "name", sorted(PUBLIC_NAMES - {"BlockStorageAdapter", "GitRepository", "RemoteStorage"})
+    )
     def test_eager_names_exist(self, name: str) -> None:
         """Every name imported at package import is there."""
         assert getattr(runner_storage, name) is not None
@@ -84,6 +89,33 @@ class TestPublicNames:
         implementation = importlib.import_module(module)
         assert getattr(runner_storage, name) is getattr(implementation, name)
         assert name in dir(runner_storage)
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [
+            ("runner_storage.base", "runner_storage.types"),
+            ("runner_storage.credentials", "runner_storage.secrets"),
+            ("runner_storage.block", "runner_storage.blocks.adapter"),
+            ("runner_storage.plan", "runner_storage.remote.plan"),
+            ("runner_storage.state", "runner_storage.publish.state"),
+            ("runner_storage.managed", "runner_storage.publish.managed"),
+        ],
+    )
+    def test_moved_modules_still_import(self, old: str, new: str) -> None:
+        """A module path from before the packages still imports, as the new module, warning."""
+        code = (
+            "import importlib, warnings\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            f"    old = importlib.import_module({old!r})\n"
+            f"assert old is importlib.import_module({new!r}), old\n"
+            f"assert any({new!r} in str(w.message) for w in caught), caught\n"
+            "print('ok')\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        assert result.stdout.strip() == "ok", result.stderr
 
     def test_unknown_attribute(self) -> None:
         """A misspelt name is an AttributeError, as for any module."""
@@ -99,7 +131,7 @@ class TestPublicNames:
     def test_exceptions_share_one_root(self) -> None:
         """Every exported error derives from RunnerStorageError."""
         errors = [getattr(runner_storage, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-        assert len(errors) == 11
+        assert len(errors) == 12
         for error in errors:
             assert issubclass(error, runner_storage.RunnerStorageError)
         assert issubclass(runner_storage.ConfigurationError, ValueError)
@@ -154,4 +186,43 @@ class TestCheapImport:
         """Asking for RemoteStorage loads fsspec, and still not the git backend."""
         loaded = modules_loaded_after("from runner_storage import RemoteStorage")
         assert "fsspec" in loaded
-        assert "runner_storage.git" not in loaded
+        assert "runner_storage.git.repository" not in loaded
+
+
+#: The shared machinery: imports no storage family.
+SHARED = ("fs", "publish", "secrets", "steps")
+#: The storage families: each imports the shared machinery, never another family.
+FAMILIES = ("git", "remote", "blocks")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``runner_storage`` module ``path`` imports, at its top or inside a function."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("runner_storage.")}
+
+
+class TestLayout:
+    """The packages of the library and the one direction their imports run."""
+
+    @staticmethod
+    def package_of(module: str) -> str:
+        """``git`` for ``runner_storage.git.store``; the module name for top-level ones."""
+        return module.split(".")[1]
+
+    @pytest.mark.parametrize("package", SHARED + FAMILIES)
+    def test_imports_run_one_way(self, package: str) -> None:
+        """Shared packages import no family; a family imports no other family."""
+        root = Path(runner_storage.__file__).parent
+        allowed = {*SHARED, "exceptions", "types", "_lazy"}
+        if package in FAMILIES:
+            allowed |= {package, "local"}
+        for path in sorted((root / package).glob("*.py")):
+            wrong = {m for m in imported_modules(path) if self.package_of(m) not in allowed}
+            assert wrong == set(), f"{path.relative_to(root)} imports {sorted(wrong)}"

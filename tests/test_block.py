@@ -16,8 +16,7 @@ import anyio.lowlevel
 import pytest
 from pydantic import SecretStr
 
-from runner_storage.base import RunnerStorage, SyncResult
-from runner_storage.block import BlockStorageAdapter, tree_digest
+from runner_storage.blocks import BlockStorageAdapter
 from runner_storage.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -26,7 +25,10 @@ from runner_storage.exceptions import (
     SourceError,
     TransientSourceError,
     UnsafeContentError,
+    exception_chain,
 )
+from runner_storage.publish.tree import tree_digest
+from runner_storage.types import RunnerStorage, SyncResult
 
 
 class FolderBlock:
@@ -157,7 +159,7 @@ def read_tree(root: Path) -> dict[str, str]:
 
 def staging_leftovers(storage: BlockStorageAdapter) -> list[Path]:
     """Trees left in the staging area after a pull."""
-    staging = storage.publisher.staging
+    staging = storage.publisher.layout.staging
     return list(staging.iterdir()) if staging.exists() else []
 
 
@@ -245,7 +247,7 @@ class TestPull:
         storage = adapter(block, tmp_path / "base")
         pull(storage)
         local_path = Path(block.calls[0]["local_path"])
-        assert local_path.parent == storage.publisher.staging
+        assert local_path.parent == storage.publisher.layout.staging
 
     def test_same_content_is_a_noop(self, source: Path, tmp_path: Path) -> None:
         """Fetching identical files publishes nothing and keeps no second copy."""
@@ -346,11 +348,22 @@ class TestErrors:
         assert read_tree(storage.destination) == published
         assert staging_leftovers(storage) == []
 
-    def test_full_local_disk_is_a_publish_error(self, source: Path, tmp_path: Path) -> None:
-        """A block failing to write because our disk is full blames the disk, not the source."""
+    @pytest.mark.parametrize(
+        ("code", "hint"),
+        [
+            (errno.ENOSPC, "disk is full"),
+            (errno.EDQUOT, "quota"),
+            (errno.EROFS, "read-only"),
+            (errno.EFBIG, "too large"),
+        ],
+    )
+    def test_full_local_disk_is_a_publish_error(
+        self, code: int, hint: str, source: Path, tmp_path: Path
+    ) -> None:
+        """A block failing to write because of our disk blames the disk, not the source."""
         block = FolderBlock(source)
-        block.error = OSError(errno.ENOSPC, "No space left on device")
-        with pytest.raises(PublishError, match="disk is full"):
+        block.error = OSError(code, os.strerror(code))
+        with pytest.raises(PublishError, match=hint):
             pull(adapter(block, tmp_path / "base"))
 
     def test_missing_source_folder_is_not_found(self, tmp_path: Path) -> None:
@@ -381,9 +394,29 @@ class TestErrors:
         assert "sekrit" not in message
         assert "user:pw" not in message
         assert "more" not in message
-        state = json.loads((storage.publisher.root / "state.json").read_text())
+        state = json.loads(storage.publisher.layout.state_file.read_text())
         assert state["last_error"] == message
         assert state["consecutive_failures"] == 1
+
+    def test_an_error_holding_a_secret_is_not_chained(self, source: Path, tmp_path: Path) -> None:
+        """A block error whose text, or its cause's, holds a secret is not chained to ours.
+
+        A traceback would print the whole chain.
+        """
+        block = SecretHoldingBlock(source, "sekrit-token", "nested-sekrit")
+        try:
+            raise KeyError("lookup failed")
+        except KeyError as inner:
+            outer = RuntimeError("retrying the request")
+            outer.__cause__ = RuntimeError("signature sig=nested-sekrit rejected")
+            outer.__cause__.__cause__ = inner
+        block.error = outer
+        with pytest.raises(SourceError) as caught:
+            pull(adapter(block, tmp_path / "base"))
+        assert caught.value.__cause__ is None
+        assert caught.value.__suppress_context__
+        chained = [str(e) for e in exception_chain(caught.value)]
+        assert not any("sekrit" in text for text in chained)
 
 
 class TestPullStep:

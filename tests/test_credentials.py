@@ -8,17 +8,19 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from runner_storage.credentials import (
+from runner_storage.exceptions import ConfigurationError, CredentialsError
+from runner_storage.secrets import (
+    DESCEND,
     Secret,
-    git_basic_auth,
+    basic_auth,
     placeholder_for,
     redact,
     resolve_secret,
     resolve_settings,
     secret_values,
     strip_url_credentials,
+    walk,
 )
-from runner_storage.exceptions import ConfigurationError, CredentialsError
 
 
 class PrefectSecretBlock:
@@ -236,6 +238,61 @@ class TestResolving:
         assert found == ["one"]
 
 
+class TestOneWalk:
+    """Settings, credentials and blocks are searched by one walk, with one set of rules."""
+
+    def test_secret_values_in_settings_lists_and_sensitive_plain_text(self) -> None:
+        """Holders anywhere (lists and tuples too) and plain text under a sensitive key."""
+        settings = {
+            "key": "id-not-secret",
+            "secret": "plain-secret",
+            "client_kwargs": {"headers": [{"token": "plain-token"}], "extra": (Secret("tup"),)},
+            "connection_string": "AccountName=a;AccountKey=k3y;BlobEndpoint=http://x",
+        }
+        found = secret_values(settings)
+        assert "id-not-secret" not in found
+        assert {"plain-secret", "plain-token", "tup", "k3y"} <= set(found)
+
+    def test_secret_values_of_a_block_look_into_its_fields(self) -> None:
+        """With ``objects``, a block's SecretStr fields count, its credentials block's too.
+
+        An object's own ``get()`` is never called: only our holders are known to be safe.
+        """
+
+        class Credentials:
+            def __init__(self) -> None:
+                self.aws_secret_access_key = SecretStr("nested-s3cret")
+                self.region = "eu-west-1"
+
+        class Block:
+            def __init__(self) -> None:
+                self.credentials = Credentials()
+                self.password = "plain-pw"
+                self.calls = 0
+
+            def get(self) -> str:
+                self.calls += 1
+                return "from-get"
+
+        block = Block()
+        found = secret_values(block, objects=True)
+        assert set(found) == {"nested-s3cret", "plain-pw"}
+        assert block.calls == 0
+
+    def test_walk_replaces_and_keeps_shapes(self) -> None:
+        """A visitor replaces what it returns and descends where it says DESCEND."""
+        seen: list[tuple[str | None, str]] = []
+
+        def visit(value: object, key: str | None, path: str) -> object:
+            seen.append((key, path))
+            return "X" if value == "swap" else DESCEND
+
+        result = walk({"a": ["swap", ("swap", 1)], "b": {"c": "keep"}}, visit, path="s")
+        assert result == {"a": ["X", ("X", 1)], "b": {"c": "keep"}}
+        assert ("a", "s['a'][1][0]") in seen
+        assert ("c", "s['b']['c']") in seen
+
+
 class TestGitBasicAuth:
     """Prefect's per-host rules for turning git credentials into a login."""
 
@@ -264,58 +321,58 @@ class TestGitBasicAuth:
         self, url: str, credentials: dict[str, Any], login: tuple[str, str]
     ) -> None:
         """Each host gets the login form Prefect would put into the clone URL."""
-        assert git_basic_auth(url, credentials) == login
+        assert basic_auth(url, credentials) == login
 
     def test_bitbucket_server_needs_a_username(self) -> None:
         """A bare token cannot log in to Bitbucket Server: the message says what to add."""
         with pytest.raises(ConfigurationError, match="username"):
-            git_basic_auth("https://bitbucketserver.acme.io/r.git", {"token": "t"})
+            basic_auth("https://bitbucketserver.acme.io/r.git", {"token": "t"})
 
     def test_access_token_wins_over_token_over_password(self) -> None:
         """With several secrets given, access_token, then token, then password is used."""
         url = "https://git.acme.io/r.git"
         every = {"access_token": "a", "token": "t", "password": "p"}
-        assert git_basic_auth(url, every) == ("a", "")
-        assert git_basic_auth(url, {"token": "t", "password": "p"}) == ("t", "")
-        assert git_basic_auth(url, {"access_token": None, "password": "p"}) == ("p", "")
+        assert basic_auth(url, every) == ("a", "")
+        assert basic_auth(url, {"token": "t", "password": "p"}) == ("t", "")
+        assert basic_auth(url, {"access_token": None, "password": "p"}) == ("p", "")
 
     def test_secret_holders_are_resolved(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Tokens may be Secrets, SecretStr or Prefect Secret blocks."""
         monkeypatch.setenv("RS_TEST_TOKEN", "from-env")
         url = "https://gitlab.com/o/r.git"
-        assert git_basic_auth(url, {"token": Secret.from_env("RS_TEST_TOKEN")}) == (
+        assert basic_auth(url, {"token": Secret.from_env("RS_TEST_TOKEN")}) == (
             "oauth2",
             "from-env",
         )
-        assert git_basic_auth(url, {"token": SecretStr("s")}) == ("oauth2", "s")
-        assert git_basic_auth(url, {"token": PrefectSecretBlock("b", "n")}) == ("oauth2", "b")
+        assert basic_auth(url, {"token": SecretStr("s")}) == ("oauth2", "s")
+        assert basic_auth(url, {"token": PrefectSecretBlock("b", "n")}) == ("oauth2", "b")
 
     def test_formatting_blocks_are_honoured(self) -> None:
         """A block with format_git_credentials(url) decides the login itself."""
         block = FormattingCredentialsBlock("oauth2:my%2Ftoken")
-        assert git_basic_auth("https://gitlab.com/o/r.git", block) == ("oauth2", "my/token")
+        assert basic_auth("https://gitlab.com/o/r.git", block) == ("oauth2", "my/token")
         bare = FormattingCredentialsBlock("ghp_x")
-        assert git_basic_auth("https://github.com/o/r.git", bare) == ("ghp_x", "")
+        assert basic_auth("https://github.com/o/r.git", bare) == ("ghp_x", "")
 
     def test_blocks_without_a_formatter_are_dumped(self) -> None:
         """A credentials block is read through model_dump, like a mapping."""
         block = DumpingCredentialsBlock(token=SecretStr("t"), username=None)
-        assert git_basic_auth("https://bitbucket.org/o/r.git", block) == ("x-token-auth", "t")
+        assert basic_auth("https://bitbucket.org/o/r.git", block) == ("x-token-auth", "t")
 
     @pytest.mark.parametrize("credentials", [None, {}])
     def test_no_credentials(self, credentials: Any) -> None:
         """No credentials means no login is sent."""
-        assert git_basic_auth("https://github.com/o/r.git", credentials) is None
+        assert basic_auth("https://github.com/o/r.git", credentials) is None
 
     def test_credentials_without_a_secret_are_a_configuration_error(self) -> None:
         """A username alone cannot log in; the message names the missing keys."""
         with pytest.raises(ConfigurationError, match="access_token"):
-            git_basic_auth("https://github.com/o/r.git", {"username": "bob"})
+            basic_auth("https://github.com/o/r.git", {"username": "bob"})
 
     def test_unusable_credentials_type(self) -> None:
         """Something that is neither a mapping nor a block is rejected with its type."""
         with pytest.raises(ConfigurationError, match="list"):
-            git_basic_auth("https://github.com/o/r.git", ["t"])
+            basic_auth("https://github.com/o/r.git", ["t"])
 
 
 class TestRedaction:

@@ -3,16 +3,12 @@
 Static checks (hadolint, ``systemd-analyze``, kubernetes-validate, the manifests' structure)
 run everywhere. ``TestContainerImage`` builds the Dockerfile with podman on a Debian base made
 by debootstrap and runs the image for real against a ``git daemon`` on the host's loopback
-(see ``../shared/TESTING.md``). Everything podman does lives in its own storage under
-:data:`CACHE_DIR`; the user's default podman storage is never touched. The base image stays
-there between runs, keyed by its package list, so only the first run pays for debootstrap.
+(see ``../shared/TESTING.md``); the podman and debootstrap helpers, and the ``podman`` and
+``image`` fixtures, are in ``containers.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -20,46 +16,23 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from email.parser import HeaderParser
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from zipfile import ZipFile
 
 import pytest
 import yaml
+from containers import IMAGE_USER, REPO, Podman, container_processes, run, running_container
 from servers.git_daemon import GitDaemon
 from servers.gitrepo import INITIAL_FILES, UpstreamRepoFactory, git_env
 from servers.procs import LOOPBACK, assert_port_closed, free_port, http_status, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DOCKERFILE = REPO / "Dockerfile"
 UNITS = REPO / "systemd"
 KUBERNETES = REPO / "deploy" / "kubernetes"
 UNIT_EXEC = "/usr/local/bin/runner-storage"
-IMAGE_USER = 10001
-IMAGE_EXTRAS = "all"
-"""The Dockerfile's default EXTRAS: the offline build needs those backends' wheels too."""
-
-CACHE_DIR = Path(os.environ.get("RUNNER_STORAGE_CI_CACHE", "/var/tmp/runner-storage-ci"))
-"""Where the debootstrap base, dependency wheels and podman's own storage are kept."""
-
-BASE_SUITE = "bookworm"
-BASE_PACKAGES = (
-    "python3",
-    "python3-venv",
-    "python3-pip",
-    "git",
-    "ca-certificates",
-    "openssh-client",
-    "tini",
-)
-"""The base image's packages: everything the Dockerfile's runtime stage would install, so
-the build needs no network."""
-
 SECURITY_EXPOSURE_LIMIT = 1.1
 """``systemd-analyze security --offline=true`` overall exposure measured for both units."""
 
@@ -75,25 +48,6 @@ ACCEPTED_EXPOSURES = frozenset(
     }
 )
 """Security checks the units knowingly leave unmet; any other unmet check is a regression."""
-
-
-def _run(
-    argv: list[str | os.PathLike[str]],
-    *,
-    timeout: float = 120,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [os.fspath(a) for a in argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(env) if env is not None else None,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 def _tool(name: str) -> str:
@@ -123,7 +77,7 @@ class TestDockerfile:
 
     def test_hadolint_reports_nothing(self) -> None:
         """Hadolint finds no problem at any level, style included."""
-        result = _run([_tool("hadolint"), "--failure-threshold", "style", "-f", "json", DOCKERFILE])
+        result = run([_tool("hadolint"), "--failure-threshold", "style", "-f", "json", DOCKERFILE])
         assert json.loads(result.stdout or "[]") == [], result.stdout
         assert result.returncode == 0, result.stderr
 
@@ -238,7 +192,7 @@ class TestSystemdUnits:
         copy = _unit_for_verify(UNITS / name, tmp_path)
         # A template is verified through an instance of it.
         target = copy.with_name(name.replace("@.", "@example.")) if "@." in name else copy
-        result = _run([_tool("systemd-analyze"), "verify", target], cwd=tmp_path)
+        result = run([_tool("systemd-analyze"), "verify", target], cwd=tmp_path)
         assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
 
     @pytest.mark.parametrize("name", UNIT_FILES)
@@ -250,10 +204,10 @@ class TestSystemdUnits:
         copy = _unit_for_verify(UNITS / name, tmp_path)
         target = copy.with_name(name.replace("@.", "@example.")) if "@." in name else copy
         analyze = [_tool("systemd-analyze"), "security", "--offline=true"]
-        report = _run([*analyze, target], cwd=tmp_path)
+        report = run([*analyze, target], cwd=tmp_path)
         match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report.stdout)
         assert match, report.stdout + report.stderr
-        checks = json.loads(_run([*analyze, "--json=short", target], cwd=tmp_path).stdout)
+        checks = json.loads(run([*analyze, "--json=short", target], cwd=tmp_path).stdout)
         unmet = {check["name"] for check in checks if check["set"] is False}
         assert unmet <= ACCEPTED_EXPOSURES, f"newly unmet: {sorted(unmet - ACCEPTED_EXPOSURES)}"
         assert float(match[1]) <= SECURITY_EXPOSURE_LIMIT, report.stdout
@@ -298,7 +252,7 @@ class TestSystemdUnits:
             RUNNER_STORAGE_NAME="code",
             RUNNER_STORAGE_HTTP_PORT="0",
         )
-        result = _run(
+        result = run(
             [sys.executable, "-c", _MDWE_WRAPPER, BIN / "runner-storage", "run", "--once"],
             env=env,
         )
@@ -324,7 +278,7 @@ def _manifest(name: str) -> dict[str, Any]:
 
 
 def _validate(path: Path, version: str) -> subprocess.CompletedProcess[str]:
-    return _run(
+    return run(
         [sys.executable, "-m", "kubernetes_validate", "-k", version, "--strict", path],
         timeout=60,
     )
@@ -431,232 +385,6 @@ class TestKubernetesManifests:
         assert containers[0]["securityContext"]["runAsUser"] == IMAGE_USER
 
 
-# --- podman -----------------------------------------------------------------------------------
-
-
-class Podman:
-    """podman with its own configuration and storage under ``CACHE_DIR/podman``.
-
-    The settings are those ``../shared/TESTING.md`` gives for this machine: runc, cgroupfs,
-    file events, explicit ulimits. Containers use the host network or none, never the
-    bridge (it edits the host's firewall).
-    """
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        for sub in ("storage", "run", "tmp"):
-            (home / sub).mkdir(parents=True, exist_ok=True)
-        (home / "containers.conf").write_text(
-            "[containers]\n"
-            'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\n'
-            "[engine]\n"
-            'runtime = "runc"\n'
-            'cgroup_manager = "cgroupfs"\n'
-            'events_logger = "file"\n'
-            f'events_logfile_path = "{home}/events.log"\n'
-            f'tmp_dir = "{home}/tmp"\n',
-            encoding="utf-8",
-        )
-        (home / "storage.conf").write_text(
-            "[storage]\n"
-            'driver = "overlay"\n'
-            f'graphroot = "{home}/storage"\n'
-            f'runroot = "{home}/run"\n',
-            encoding="utf-8",
-        )
-        self.env = {
-            **os.environ,
-            "CONTAINERS_CONF": str(home / "containers.conf"),
-            "CONTAINERS_STORAGE_CONF": str(home / "storage.conf"),
-            "TMPDIR": str(home / "tmp"),
-        }
-
-    def __call__(
-        self, *args: str | os.PathLike[str], timeout: float = 120, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``podman ARGS``; with ``check``, a failure fails the test quoting stderr."""
-        result = _run(["podman", *args], timeout=timeout, env=self.env)
-        if check and result.returncode != 0:
-            pytest.fail(f"podman {' '.join(map(str, args))} failed: {result.stderr[-3000:]}")
-        return result
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (two test runs never build the same thing)."""
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _unmount_below(root: Path) -> None:
-    """Unmount whatever a failed debootstrap left mounted inside ``root`` (proc, sys)."""
-    mounts = Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()
-    for target in sorted((line.split()[1] for line in mounts), reverse=True):
-        if Path(target).is_relative_to(root):
-            _run(["umount", "-l", target])
-
-
-def _base_image(podman: Podman) -> str:
-    """The debootstrap base image, built once per machine and package list."""
-    key = hashlib.sha256(
-        json.dumps([BASE_SUITE, "minbase", sorted(BASE_PACKAGES), platform.machine()]).encode()
-    ).hexdigest()[:12]
-    tag = f"localhost/runner-storage-ci-base:{BASE_SUITE}-{key}"
-    with _locked(CACHE_DIR / "base.lock"):
-        if podman("image", "exists", tag, check=False).returncode == 0:
-            return tag
-        work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE_DIR))
-        rootfs = work / "rootfs"
-        try:
-            include = ",".join(BASE_PACKAGES)
-            made = _run(
-                ["debootstrap", "--variant=minbase", f"--include={include}", BASE_SUITE, rootfs],
-                timeout=900,
-            )
-            assert made.returncode == 0, f"debootstrap failed: {made.stdout[-3000:]}"
-            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                shutil.rmtree(rootfs / cache, ignore_errors=True)
-            tar = _run(["tar", "--numeric-owner", "-C", rootfs, "-cf", work / "rootfs.tar", "."])
-            assert tar.returncode == 0, tar.stderr
-            podman("import", "--change", 'CMD ["/bin/bash"]', work / "rootfs.tar", tag, timeout=300)
-            repository = tag.rsplit(":", 1)[0]
-            listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository)
-            for stale in set(listed.stdout.split()) - {tag}:  # an older package list's base
-                podman("rmi", stale, check=False)
-        finally:
-            _unmount_below(work)
-            shutil.rmtree(work, ignore_errors=True)
-    return tag
-
-
-def _platform_tags(glibc: str, machine: str) -> list[str]:
-    """The pip ``--platform`` values for a glibc ``2.N`` system: every manylinux it runs."""
-    major, minor = (int(part) for part in glibc.split(".")[:2])
-    assert major == 2, glibc
-    tags = [f"manylinux_2_{m}_{machine}" for m in range(minor, 4, -1)]
-    legacy = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
-    return tags + [f"{name}_{machine}" for name, needs in legacy.items() if minor >= needs]
-
-
-def _wheels(into: Path, base_python: str, glibc: str) -> None:
-    """The project's wheel, plus its dependencies' (extras included) for the base's Python.
-
-    The dependencies are downloaded once per dependency list and target, then reused.
-    """
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    built = _run([*pip, "wheel", "-q", "--no-deps", "-w", into, REPO], timeout=300)
-    assert built.returncode == 0, built.stderr
-    (project_wheel,) = into.glob("runner_storage-*.whl")
-    with ZipFile(project_wheel) as wheel:
-        (metadata,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
-        headers = HeaderParser().parsestr(wheel.read(metadata).decode())
-    requires = sorted(headers.get_all("Requires-Dist") or [])
-    platforms = _platform_tags(glibc, platform.machine())
-    key = hashlib.sha256(
-        json.dumps([requires, IMAGE_EXTRAS, base_python, platforms]).encode()
-    ).hexdigest()
-    cache = CACHE_DIR / f"wheels-{key[:12]}"
-    with _locked(CACHE_DIR / "wheels.lock"):
-        if not cache.is_dir():
-            download = [*pip, "download", "-q", "--only-binary=:all:"]
-            download += ["--python-version", base_python, "--implementation=cp"]
-            download += [f"--abi=cp{base_python.replace('.', '')}"]
-            download += [f"--platform={tag}" for tag in platforms]
-            with tempfile.TemporaryDirectory(prefix="staging-", dir=CACHE_DIR) as staging:
-                fetched = Path(staging) / "wheels"
-                done = _run(
-                    [*download, "-d", fetched, f"{project_wheel}[{IMAGE_EXTRAS}]"], timeout=600
-                )
-                assert done.returncode == 0, done.stderr
-                (fetched / project_wheel.name).unlink()
-                for stale in CACHE_DIR.glob("wheels-*"):  # for an older dependency list
-                    shutil.rmtree(stale, ignore_errors=True)
-                fetched.rename(cache)
-    for wheel_file in cache.glob("*.whl"):
-        shutil.copy2(wheel_file, into / wheel_file.name)
-
-
-def _build_context(into: Path) -> None:
-    """What a checkout holds (tracked and new files, not ignored ones), to build from."""
-    listed = _run(
-        ["git", "-C", REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
-    )
-    assert listed.returncode == 0, listed.stderr
-    for name in filter(None, listed.stdout.split("\0")):
-        source = REPO / name
-        if source.is_file():
-            (into / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, into / name)
-
-
-@pytest.fixture(scope="module")
-def podman() -> Podman:
-    """A podman in its own storage; skips only where podman or debootstrap cannot run."""
-    missing = [tool for tool in ("podman", "runc", "debootstrap") if not shutil.which(tool)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (`make system-deps` installs them)")
-    if os.geteuid() != 0:
-        pytest.skip("debootstrap and rootful podman need root; this test runs as a user")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    return Podman(CACHE_DIR / "podman")
-
-
-@pytest.fixture(scope="module")
-def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The Dockerfile built offline on the debootstrap base, removed afterwards."""
-    base = _base_image(podman)
-    probe = podman(
-        "run", "--rm", "--network=none", base, "python3", "-c",
-        "import platform, sys; print('%d.%d' % sys.version_info[:2], platform.libc_ver()[1])",
-    )  # fmt: skip
-    base_python, glibc = probe.stdout.split()
-    context = tmp_path_factory.mktemp("image-context")
-    _build_context(context)
-    (context / "build" / "wheels").mkdir(parents=True)
-    _wheels(context / "build" / "wheels", base_python, glibc)
-    tag = f"localhost/runner-storage-test:{os.getpid()}-{int(time.time())}"
-    podman(
-        "build", "--pull=never", "--network=none", "--format", "docker", "--layers=false",
-        "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "PIP_NO_INDEX=1",
-        "-t", tag, context,
-        timeout=600,
-    )  # fmt: skip
-    yield tag
-    podman("rmi", "--force", tag)
-    podman("image", "prune", "--force")
-
-
-def _container_processes(container_id: str) -> list[int]:
-    """Live processes whose command line names the container (conmon, runc, the payload)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if container_id.encode() in cmdline and state not in {"Z", "X"}:
-            found.append(int(entry.name))
-    return found
-
-
-@contextlib.contextmanager
-def _container(podman: Podman, name: str, *args: str) -> Iterator[str]:
-    """Run a detached container; on the way out force-remove it whatever happened."""
-    started = podman("run", "--detach", "--name", name, *args)
-    container_id = started.stdout.strip().splitlines()[-1]
-    try:
-        yield container_id
-    finally:
-        podman("rm", "--force", "--time", "0", name, check=False)
-
-
 def _run_options(data: Path, repo_url: str, port: int) -> list[str]:
     """The options a careful operator would use, with the source and HTTP set by environment.
 
@@ -742,7 +470,7 @@ class TestContainerImage:
         port = free_port()
         name = f"runner-storage-test-{os.getpid()}-{port}"
 
-        with _container(
+        with running_container(
             podman, name, *_run_options(data, git_daemon.url_for(repo), port), image
         ) as container_id:
 
@@ -768,10 +496,10 @@ class TestContainerImage:
 
         assert podman("ps", "--all", "--quiet", "--filter", f"name={name}").stdout.strip() == ""
         wait_until(
-            lambda: not _container_processes(container_id),
+            lambda: not container_processes(container_id),
             timeout=10,
             what="container processes to exit",
-            details=lambda: str(_container_processes(container_id)),
+            details=lambda: str(container_processes(container_id)),
         )
         assert_port_closed(port, name="runner-storage container")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from runner_storage.base import RunnerStorage
 from runner_storage.exceptions import ConfigurationError
-from runner_storage.factory import create_storage_from_source
+from runner_storage.factory import classify_source, create_storage_from_source
 from runner_storage.git import GitRepository
 from runner_storage.local import LocalStorage
 from runner_storage.remote import RemoteStorage
+from runner_storage.types import RunnerStorage
 
 STEPS = "prefect.deployments.steps"
 
@@ -79,7 +79,7 @@ class TestRemoteSources:
 
 
 class TestLocalSources:
-    """Paths, file:// and local:// URLs, and unknown schemes are used in place."""
+    """Paths, file:// and local:// URLs are used in place."""
 
     @pytest.mark.parametrize(
         ("source", "relative_path"),
@@ -90,7 +90,6 @@ class TestLocalSources:
             ("/srv/flows", "/srv/flows"),
             ("relative/path", "relative/path"),
             ("./flows", "flows"),
-            ("unknown-scheme://host/flows", "unknown-scheme:/host/flows"),
             ("host:org/repo", "host:org/repo"),
         ],
     )
@@ -119,9 +118,54 @@ class TestInvalidSources:
             create_storage_from_source(source)
         assert isinstance(caught.value, ValueError)
 
+    @pytest.mark.parametrize("source", ["unknown-scheme://host/flows", "s4://bucket/flows"])
+    def test_unknown_scheme_is_refused(self, source: str) -> None:
+        """A ``scheme://`` neither git nor fsspec knows is a typo, not a folder: one line."""
+        with pytest.raises(ConfigurationError, match=r"unknown scheme .* a path$") as caught:
+            create_storage_from_source(source)
+        assert "\n" not in str(caught.value)
+
+    def test_credentials_in_a_refused_source_are_not_shown(self) -> None:
+        """The refusal names the source without its userinfo."""
+        with pytest.raises(ConfigurationError) as caught:
+            create_storage_from_source("s4://user:hunter2@bucket/flows")
+        assert "hunter2" not in str(caught.value)
+
     @pytest.mark.parametrize(
         "source", ["/srv/flows", "memory://flows", "git@github.com:org/repo.git"]
     )
     def test_every_result_is_a_runner_storage(self, source: str) -> None:
         """Whatever the source, the result satisfies the RunnerStorage protocol."""
         assert isinstance(create_storage_from_source(source), RunnerStorage)
+
+
+class TestClassifySource:
+    """The one classifier: what ``create_storage_from_source`` and the daemon both use."""
+
+    @pytest.mark.parametrize(
+        ("source", "kind", "target"),
+        [
+            ("https://example.com/org/repo.git", "git", "https://example.com/org/repo.git"),
+            ("https://example.com/org/repo.git/", "git", "https://example.com/org/repo.git"),
+            ("GIT+https://example.com/org/repo", "git", "https://example.com/org/repo"),
+            ("Git+SSH://host/org/repo", "git", "SSH://host/org/repo"),
+            ("git://host/org/repo", "git", "git://host/org/repo"),
+            ("git@host:org/repo.git/", "git", "git@host:org/repo.git"),
+            ("/srv/repos/flows.git", "git", "/srv/repos/flows.git"),
+            ("s3://bucket/flows", "remote", "s3://bucket/flows"),
+            ("memory://flows", "remote", "memory://flows"),
+            ("file:///srv/flows", "local", "/srv/flows"),
+            ("LOCAL://flows", "local", "flows"),
+            ("host:org/repo", "local", "host:org/repo"),
+            ("relative/path", "local", "relative/path"),
+        ],
+    )
+    def test_kinds(self, source: str, kind: str, target: str) -> None:
+        """Each source gets its kind and the text its storage is built from."""
+        assert classify_source(source) == (kind, target)
+
+    def test_factory_builds_what_the_classifier_says(self) -> None:
+        """An upper-case ``GIT+`` and a trailing slash after ``.git`` build the repository."""
+        storage = create_storage_from_source("GIT+https://example.com/org/flows.git/")
+        assert isinstance(storage, GitRepository)
+        assert storage.name == "flows"

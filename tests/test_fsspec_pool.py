@@ -1,6 +1,6 @@
 """RemoteStorage's pooled filesystems, seen from the server's side.
 
-Pulls whose resolved settings are equal share one s3fs client (``runner_storage._fsspec``
+Pulls whose resolved settings are equal share one s3fs client (``runner_storage.fs.pool``
 pools them), so a pull after the first sends its requests over connections that are
 already open. A rotated secret resolves to other settings, hence a new client; a pull that
 fails drops its client, and so does a client left idle too long, so the next pull starts
@@ -27,11 +27,11 @@ from daemon_process import wait_for
 from servers.fault_proxy import FaultProxy
 from servers.s3 import S3Server
 
-from runner_storage import _fsspec
-from runner_storage.base import SyncResult
-from runner_storage.credentials import Secret
 from runner_storage.exceptions import AuthenticationError, TransientSourceError
+from runner_storage.fs import pool
 from runner_storage.remote import RemoteStorage
+from runner_storage.secrets import Secret
+from runner_storage.types import SyncResult
 
 #: botocore retries a 5xx itself; one attempt makes a failed pull fail at once.
 ONE_ATTEMPT = {"retries": {"total_max_attempts": 1}}
@@ -376,7 +376,7 @@ class TestExpiry:
 
         Control: a pull right after the first one opened no connection.
         """
-        monkeypatch.setattr(_fsspec, "POOL_IDLE_SECONDS", 0.5)
+        monkeypatch.setattr(pool, "POOL_IDLE_SECONDS", 0.5)
         s3_server.put(bucket, "flows/a.py", "A = 1\n")
         storage = storage_at(f"s3://{bucket}/flows", base, proxy, s3_server)
         pull(storage)

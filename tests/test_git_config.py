@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from runner_storage.base import RunnerStorage
-from runner_storage.credentials import Secret
 from runner_storage.exceptions import ConfigurationError
 from runner_storage.git import GitRepository
+from runner_storage.secrets import Secret
+from runner_storage.types import RunnerStorage
 
 STEP = "prefect.deployments.steps.git_clone"
 URL = "https://github.com/org/repo.git"

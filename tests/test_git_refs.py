@@ -18,10 +18,10 @@ import pytest
 from servers.git_http import GitHTTPServer
 from servers.gitrepo import UpstreamRepo, UpstreamRepoFactory, git_env
 
-from runner_storage._gitcmd import authorization, git_environment
-from runner_storage._gitrefs import RefusedError, list_refs
 from runner_storage.exceptions import AuthenticationError, TransientSourceError
 from runner_storage.git import GitRepository
+from runner_storage.git.environment import authorization, git_environment
+from runner_storage.git.refs import RefusedError, list_refs
 
 pytestmark = pytest.mark.anyio
 
@@ -149,6 +149,24 @@ class TestSameAnswerAsGit:
             assert ask(git_http_server, upstream, ["HEAD"], env=bypass) is not None
         assert ask(git_http_server, upstream, ["HEAD"], env={**path, "no_proxy": "x"}) is not None
 
+    def test_a_netrc_login_for_the_host_is_left_to_git(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """With a ``~/.netrc`` login for the host, which git's libcurl reads, git answers.
+
+        An entry for another host only does not stop the shortcut.
+        """
+        upstream = upstream_repo()
+        netrc = tmp_path / ".netrc"
+        netrc.write_text("machine elsewhere.example login someone password other\n")
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+        assert ask(git_http_server, upstream, ["HEAD"], env=env) is not None
+        for entry in ("machine 127.0.0.1 login u password p", "default login u password p"):
+            netrc.write_text(entry + "\n")
+            assert ask(git_http_server, upstream, ["HEAD"], env=env) is None, entry
+        netrc.write_text("machine 127.0.0.1 login\n")  # does not parse: git decides
+        assert ask(git_http_server, upstream, ["HEAD"], env=env) is None
+
     def test_http_errors_are_refusals_in_gits_words(
         self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer
     ) -> None:
@@ -227,6 +245,30 @@ class TestPullsWithoutGit:
         with pytest.raises(TransientSourceError):
             await storage.pull_code()
         assert git_http_server.requests_for(upstream) == []
+
+    async def test_a_netrc_login_works_as_with_git(
+        self,
+        upstream_repo: UpstreamRepoFactory,
+        git_http_server: GitHTTPServer,
+        git_calls: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A repository that needs a login, given only in ``~/.netrc``, pulls as git clones it."""
+        upstream = upstream_repo()
+        home = tmp_path / "home"
+        home.mkdir()
+        netrc = home / ".netrc"
+        login = f"login {git_http_server.username} password {git_http_server.password}"
+        netrc.write_text(f"machine 127.0.0.1 {login}\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("HOME", str(home))
+        storage = GitRepository(git_http_server.url_for(upstream))
+        storage.set_base_path(tmp_path / "base")
+        assert (await storage.pull_code()).revision == upstream.head()
+        assert "ls-remote" in subcommands(git_calls)
+        sha = upstream.commit({"netrc.txt": "netrc\n"})
+        assert (await storage.pull_code()).revision == sha
 
     async def test_a_wrong_token_is_refused_once(
         self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path

@@ -16,7 +16,6 @@ from servers.git_http import GitHTTPServer
 from servers.gitrepo import INITIAL_FILES, UpstreamRepo, UpstreamRepoFactory
 from servers.sshd import SSHServer
 
-from runner_storage.credentials import Secret
 from runner_storage.exceptions import (
     AuthenticationError,
     NotFoundError,
@@ -24,6 +23,7 @@ from runner_storage.exceptions import (
     TransientSourceError,
 )
 from runner_storage.git import GitRepository
+from runner_storage.secrets import Secret
 
 pytestmark = pytest.mark.anyio
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+import threading
 import warnings
 from pathlib import Path
 
@@ -115,6 +116,37 @@ class TestOneSweep:
         await pull_all(storages)
         lookups = [r for r in git_http_server.requests_for(upstream) if r.command == "ls-refs"]
         assert 1 <= len(lookups) < len(storages)
+
+    def test_pulls_in_two_event_loops_at_once(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """Two threads with an event loop each pull one repository at once; both finish.
+
+        Sync wrappers run a storage so. A ref lookup in flight is shared within one event
+        loop only: waiting on another loop's would never be woken.
+        """
+        upstream = team_repository(upstream_repo)
+        first, second = sources(git_http_server, upstream, tmp_path / "base")[:2]
+        results: dict[str, object] = {}
+
+        def pull(storage: GitRepository) -> None:
+            try:
+                results[storage.name] = anyio.run(storage.pull_code)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                results[storage.name] = exc
+
+        with git_http_server.holding() as gate:
+            threads = [threading.Thread(target=pull, args=(first,), daemon=True)]
+            threads[0].start()
+            assert gate.wait_for_held(1)
+            threads.append(threading.Thread(target=pull, args=(second,), daemon=True))
+            threads[1].start()
+            gate.wait_for_held(2, timeout=10)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "a pull never finished"
+        assert [type(results[s.name]).__name__ for s in (first, second)] == ["SyncResult"] * 2
+        assert published_files(second) == cone(second.name)
 
     async def test_sources_with_other_credentials_ask_for_themselves(
         self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path

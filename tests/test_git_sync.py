@@ -20,7 +20,6 @@ from servers.git_daemon import GitDaemon
 from servers.gitrepo import INITIAL_FILES, UpstreamRepo, UpstreamRepoFactory, git_env, run_git
 from servers.procs import LOOPBACK, descendants, free_port, process_table
 
-from runner_storage.base import SyncResult
 from runner_storage.exceptions import (
     ConfigurationError,
     DestinationConflictError,
@@ -30,6 +29,7 @@ from runner_storage.exceptions import (
     UnsafeContentError,
 )
 from runner_storage.git import GitRepository
+from runner_storage.types import SyncResult
 
 pytestmark = pytest.mark.anyio
 
@@ -296,7 +296,7 @@ class TestUpdates:
         """The revision published is the commit actually fetched, not the one listed."""
         upstream = upstream_repo()
         storage = git_storage(upstream.file_url, tmp_path)
-        backend = storage._backend()
+        backend = storage.backend()
         listed = await backend.resolve()
         assert listed is not None
         pushed = upstream.commit({"flows/a.py": "A = 'pushed'\n"})

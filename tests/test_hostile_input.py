@@ -146,7 +146,7 @@ CASES: dict[str, Case] = {
     "url-empty": Case(2, "SOURCE is empty", lambda b: b.pull("")),
     "url-whitespace": Case(2, "the source is empty", lambda b: b.pull("   ")),
     "url-unsupported-scheme": Case(
-        2, "unsupported scheme 'gopher'", lambda b: b.pull("gopher://example.com/flows", name=None)
+        2, "unknown scheme 'gopher'", lambda b: b.pull("gopher://example.com/flows", name=None)
     ),
     "url-missing-bucket": Case(2, "names no bucket", lambda b: b.pull("s3://")),
     "url-git-credentials": Case(
@@ -173,7 +173,7 @@ CASES: dict[str, Case] = {
         1, "check the URL", lambda b: b.pull(f"{b.git_daemon.base_url}/dépôt-ünïcode.git")
     ),
     "url-missing-local-folder": Case(
-        1, "does not exist", lambda b: b.pull(str(b.path / "no-such-folder"), name=None)
+        2, "does not exist", lambda b: b.pull(str(b.path / "no-such-folder"), name=None)
     ),
     "url-control-character": Case(
         2, "control characters", lambda b: b.pull("https://127.0.0.1:9/r\x01.git")
@@ -332,7 +332,7 @@ CASES: dict[str, Case] = {
     ),
     "config-git-option-on-s3": Case(
         2,
-        "branch only applies to git sources",
+        "branch: only applies to git sources",
         config=lambda b: b.source("s3://b/p", 'branch = "x"'),
     ),
     "config-webhook-scheme": Case(

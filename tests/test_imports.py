@@ -98,13 +98,14 @@ class TestLibrary:
         modules = modules_after("import runner_storage")
         assert loaded(modules, OBJECT_STORES) == []
         assert loaded(modules, SERVICE) == []
-        assert loaded(modules, ["runner_storage.git", "runner_storage.block"]) == []
-        assert loaded(modules, ["runner_storage.remote", "runner_storage._fsspec"]) == []
+        assert loaded(modules, ["runner_storage.git.repository", "runner_storage.blocks"]) == []
+        assert loaded(modules, ["runner_storage.remote", "runner_storage.fs"]) == []
+        assert loaded(modules, ["runner_storage.publish"]) == []
 
     def test_git_repository_loads_no_object_store(self) -> None:
         """The git backend loads none of the object-store stack, nor pydantic."""
         modules = modules_after("from runner_storage import GitRepository")
-        assert "runner_storage.git" in modules
+        assert "runner_storage.git.repository" in modules
         assert loaded(modules, OBJECT_STORES) == []
         assert loaded(modules, ["pydantic", "runner_storage.remote"]) == []
 
@@ -131,17 +132,18 @@ class TestLibrary:
         """BlockStorageAdapter is imported when first named, still without pydantic."""
         modules = modules_after(
             "import sys, runner_storage\n"
-            "assert 'runner_storage.block' not in sys.modules\n"
-            "assert runner_storage.BlockStorageAdapter.__module__ == 'runner_storage.block'\n"
+            "assert 'runner_storage.blocks.adapter' not in sys.modules\n"
+            "adapter = runner_storage.BlockStorageAdapter\n"
+            "assert adapter.__module__ == 'runner_storage.blocks.adapter'\n"
         )
-        assert "runner_storage.block" in modules
+        assert "runner_storage.blocks.adapter" in modules
         assert loaded(modules, ["pydantic", *OBJECT_STORES]) == []
 
     def test_secrets_work_without_pydantic_and_with_it(self) -> None:
         """Secret needs no pydantic; a SecretStr made later is still recognised as a secret."""
         modules = modules_after(
             "import sys\n"
-            "from runner_storage.credentials import Secret, is_secret_like, resolve_secret\n"
+            "from runner_storage.secrets import Secret, is_secret_like, resolve_secret\n"
             "assert Secret('tok').get() == 'tok' and Secret('tok') == Secret('tok')\n"
             "assert not is_secret_like('plain') and resolve_secret('plain') == 'plain'\n"
             "assert 'pydantic' not in sys.modules\n"
@@ -174,7 +176,9 @@ class TestCommands:
         assert f"no sources published under {tmp_path}" in output
         assert loaded(modules, OBJECT_STORES) == []
         assert loaded(modules, SERVICE) == []
-        assert loaded(modules, ["runner_storage.git", "runner_storage.managed"]) == []
+        assert loaded(modules, ["runner_storage.git.repository", "runner_storage.fs"]) == []
+        engine = ["runner_storage.publish.managed", "runner_storage.publish.publisher"]
+        assert loaded(modules, engine) == []
 
     def test_steps_of_a_git_source(self, tmp_path: Path) -> None:
         """Steps of a git source from a TOML file: settings yes, YAML and object stores no."""
@@ -185,7 +189,7 @@ class TestCommands:
             'source = "https://example.com/org/flows.git"\n'
         )
         modules = modules_after(run_cli("steps", "--format", "json", "--config", str(config)))
-        assert "runner_storage.git" in modules
+        assert "runner_storage.git.repository" in modules
         assert loaded(modules, OBJECT_STORES) == []
         assert loaded(modules, ["yaml", "prometheus_client", "service.daemon"]) == []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner_storage.base import RunnerStorage, SyncResult
 from runner_storage.local import LocalStorage
+from runner_storage.types import RunnerStorage, SyncResult
 
 
 class TestLocalStorage:

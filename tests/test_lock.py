@@ -14,8 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runner_storage import _lock
-from runner_storage._lock import file_lock
+from runner_storage.publish import lock as _lock
+from runner_storage.publish.lock import file_lock
 
 pytestmark = pytest.mark.anyio
 

@@ -7,16 +7,14 @@ from typing import Any
 import pytest
 
 from runner_storage.exceptions import UnsafeContentError
-from runner_storage.plan import (
+from runner_storage.fs.entries import Entry, is_directory_marker, safe_relative_path
+from runner_storage.remote.plan import (
     MANIFEST_FORMAT,
-    Entry,
     check_tree,
     entries_from_manifest,
-    is_directory_marker,
     listing_revision,
     manifest_for,
     plan_sync,
-    safe_relative_path,
 )
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import anyio
 import pytest
 
-from runner_storage.base import Revision, SyncResult, fingerprint
-from runner_storage.credentials import redact
 from runner_storage.exceptions import (
     ConfigurationError,
     DestinationConflictError,
@@ -26,6 +24,8 @@ from runner_storage.exceptions import (
     UnsafeContentError,
 )
 from runner_storage.publish import Materialized, PreviousVersion, Publisher, validate_name
+from runner_storage.secrets import redact
+from runner_storage.types import Revision, SyncResult, fingerprint
 
 pytestmark = pytest.mark.anyio
 
@@ -654,7 +654,7 @@ from pathlib import Path
 
 import anyio
 
-from runner_storage.base import Revision, fingerprint
+from runner_storage.types import Revision, fingerprint
 from runner_storage.publish import Materialized, Publisher
 """
 

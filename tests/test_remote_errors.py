@@ -11,10 +11,12 @@ from __future__ import annotations
 import errno
 import importlib
 import importlib.util
+import json
 import os
 import resource
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,16 +30,17 @@ from fsspec.registry import known_implementations
 from servers.http_files import HTTPFileServer
 from servers.s3 import S3Server
 
-from runner_storage import _fsspec
-from runner_storage.base import SyncResult
-from runner_storage.credentials import Secret
 from runner_storage.exceptions import (
     ConfigurationError,
     MissingDependencyError,
     PublishError,
     disk_error,
 )
+from runner_storage.factory import create_storage_from_source
+from runner_storage.fs.errors import translate_error
 from runner_storage.remote import RemoteStorage
+from runner_storage.secrets import Secret
+from runner_storage.types import SyncResult
 
 MISSING_MODULE = "rs_test_module_not_installed"
 #: The file-size limit (RLIMIT_FSIZE) of a child in the EFBIG test.
@@ -116,13 +119,17 @@ def rejected(s3_server: S3Server, storage: RemoteStorage) -> ConfigurationError:
 class TestUnsupportedProtocols:
     """Protocols fsspec knows that RemoteStorage cannot sync are refused when it is made."""
 
-    def test_ftp_is_refused_with_an_alternative(self) -> None:
-        """ftp:// is a one-line ConfigurationError saying why and what to use instead."""
+    def test_ftp_is_taken(self) -> None:
+        """ftp:// is no longer refused: a storage is made (its pulls: test_remote_ftp.py)."""
+        storage = RemoteStorage("ftp://files.example.com/flows")
+        assert repr(storage) == "RemoteStorage(url='ftp://files.example.com/flows')"
+
+    def test_ftp_without_a_server_is_refused(self) -> None:
+        """An ftp:// URL that names no server is a one-line ConfigurationError at once."""
         with pytest.raises(ConfigurationError) as caught:
-            RemoteStorage("ftp://files.example.com/flows")
+            RemoteStorage("ftp:///flows")
         message = one_line(str(caught.value))
-        assert message.startswith("ftp:// is not supported by RemoteStorage")
-        assert "https://" in message
+        assert message.startswith("the ftp:// URL names no server")
         assert not caught.value.retryable
 
     @pytest.mark.parametrize(
@@ -133,15 +140,65 @@ class TestUnsupportedProtocols:
         with pytest.raises(ConfigurationError, match="wraps another filesystem"):
             RemoteStorage(url)
 
-    def test_cli_pull_of_ftp_exits_2_with_one_line(self, tmp_path: Path) -> None:
-        """``runner-storage pull ftp://...`` prints one line, no traceback, and exits 2."""
-        result = cli("pull", "ftp://127.0.0.1:9/flows", "--dest", str(tmp_path))
+    def test_cli_pull_of_ftp_without_a_server_exits_2_with_one_line(self, tmp_path: Path) -> None:
+        """``runner-storage pull ftp:///flows`` prints one line, no traceback, and exits 2."""
+        result = cli("pull", "ftp:///flows", "--dest", str(tmp_path))
         assert result.returncode == 2
-        assert "ftp:// is not supported" in one_line(result.stderr)
+        assert "the ftp:// URL names no server" in one_line(result.stderr)
 
 
 class TestMissingPackages:
     """A protocol whose implementation cannot be loaded says what to install."""
+
+    @pytest.mark.parametrize(
+        ("url", "package", "extra"),
+        [("s3://b/p", "s3fs", "s3"), ("gs://b/p", "gcsfs", "gcs"), ("az://c/p", "adlfs", "azure")],
+    )
+    def test_cloud_protocol_without_its_package_is_refused_when_made(
+        self, monkeypatch: pytest.MonkeyPatch, url: str, package: str, extra: str
+    ) -> None:
+        """Without s3fs, gcsfs or adlfs, making the storage fails: one line naming the extra."""
+        monkeypatch.setitem(sys.modules, package, None)  # find_spec(package) is None now
+        protocol = url.split("://", 1)[0]
+        with pytest.raises(MissingDependencyError) as caught:
+            RemoteStorage(url)
+        assert one_line(str(caught.value)) == (
+            f"the {protocol}:// protocol needs the {package} package, which is not installed:"
+            f" pip install 'runner-storage[{extra}]'"
+        )
+        assert isinstance(caught.value, ConfigurationError)
+
+    def test_factory_refuses_a_cloud_protocol_without_its_package(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """create_storage_from_source raises the same MissingDependencyError as RemoteStorage."""
+        monkeypatch.setitem(sys.modules, "s3fs", None)
+        with pytest.raises(MissingDependencyError) as caught:
+            create_storage_from_source("s3://b/p")
+        assert one_line(str(caught.value)) == (
+            "the s3:// protocol needs the s3fs package, which is not installed:"
+            " pip install 'runner-storage[s3]'"
+        )
+
+    def test_the_package_check_imports_nothing(self) -> None:
+        """Making an s3:// storage looks s3fs up without loading it (nor botocore)."""
+        code = (
+            "import json, sys\n"
+            "from runner_storage.remote import RemoteStorage\n"
+            "RemoteStorage('s3://b/p')\n"
+            "print(json.dumps(sorted(sys.modules)))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=True,
+        )
+        modules = set(json.loads(result.stdout.strip().splitlines()[-1]))
+        assert "runner_storage.remote.storage" in modules
+        assert not {m.split(".", 1)[0] for m in modules} & {"s3fs", "botocore", "aiobotocore"}
 
     def test_module_missing_when_the_filesystem_is_built(self, base: Path) -> None:
         """A filesystem that imports a missing module when built names that module."""
@@ -255,7 +312,7 @@ class TestSettings:
 
     def test_plain_type_error_from_a_filesystem_is_configuration(self) -> None:
         """translate_error maps a bare TypeError to ConfigurationError listing the settings."""
-        error, _ = _fsspec.translate_error(
+        error, _ = translate_error(
             TypeError("sequence item 0: expected str instance, int found"),
             where="s3://b/p",
             redact=str,

@@ -18,6 +18,7 @@ import base64
 import itertools
 import os
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -584,10 +585,21 @@ class TestGitEnvironment:
             result = cli("run", "--once", "--config", str(config), env=env)
             return result.returncode, result.stdout + result.stderr
 
-        # Without credentials the server asks (401): a helper would be consulted here.
+        # Without credentials the server asks (401): a helper would be consulted here, by
+        # git. An https proxy (never used for this http:// server) keeps the ref lookup
+        # from being answered without git, and a logging git on PATH shows that git ran.
+        calls = tmp_path / "git-calls.log"
+        shim = tmp_path / "shim"
+        shim.mkdir()
+        real_git = shutil.which("git")
+        (shim / "git").write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{real_git}" "$@"\n')
+        (shim / "git").chmod(0o755)
+        env["PATH"] = f"{shim}{os.pathsep}{os.environ['PATH']}"
+        env["https_proxy"] = f"http://{LOOPBACK}:9"
         code, output = run("anonymous", "")
         assert code == 1, output
         assert "asked for credentials" in output
+        assert "ls-remote" in calls.read_text(), "git itself must have met the 401"
         assert not marker.exists()
         # With them, the pull reaches the real server: no rewrite to the dead port.
         code, output = run(

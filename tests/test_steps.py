@@ -7,10 +7,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from runner_storage.credentials import Secret
 from runner_storage.exceptions import ConfigurationError
+from runner_storage.secrets import SENSITIVE_SETTING_KEYS, Secret
 from runner_storage.steps import (
-    SENSITIVE_SETTING_KEYS,
     git_clone_step,
     pull_from_remote_storage_step,
     pull_with_block_step,

@@ -27,6 +27,7 @@ from typing import Any
 from bench.contenders import s3_settings
 from bench.core import Bench, Contender, rotated
 from bench.datasets import Change, ObjectTree, upload
+from runner_storage.publish.layout import SourceLayout
 
 BUCKET = "bench-retention"
 IDLE_SECONDS = 2.0
@@ -47,7 +48,7 @@ def _spec(bench: Bench, base: Path, policy: str) -> dict[str, Any]:
 
 def _previous_version(base: Path) -> Path | None:
     """The newest version that is not live (the one a retention pass would delete first)."""
-    versions = base / ".runner-storage" / BUCKET / "versions"
+    versions = SourceLayout(base, BUCKET).versions
     live = (base / BUCKET).resolve()
     others = [p for p in versions.iterdir() if p.resolve() != live]
     return max(others, key=lambda p: p.stat().st_mtime) if others else None

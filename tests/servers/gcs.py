@@ -1,9 +1,10 @@
 """GCS: gcp-storage-emulator as a subprocess, with the settings gcsfs needs.
 
-Two settings are mandatory (see TESTING.md): ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` in
-the environment before gcsfs is imported (``tests/conftest.py`` sets it), and a larger listen
-backlog, set by :data:`LAUNCHER` before the emulator's ``main`` runs. The emulator checks no
-credentials.
+Two settings are mandatory, or tests take minutes: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``
+in the environment before gcsfs is imported (otherwise gcsfs tries a gRPC-over-TLS bucket-type
+lookup that stalls about a minute per call; ``tests/conftest.py`` sets it), and a larger listen
+backlog, set by :data:`LAUNCHER` before the emulator's ``main`` runs (its backlog of 5 drops
+gcsfs's concurrent connections). The emulator checks no credentials.
 """
 
 from __future__ import annotations

@@ -33,6 +33,33 @@ USERNAME = "alice"
 """The one user the git HTTP servers accept."""
 
 
+class RequestGate:
+    """Requests held by :meth:`GitHTTPServer.holding`: count them, then let them through."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._held = 0
+        self._open = False
+
+    def wait(self) -> None:
+        """Called by a request: count it and block until the gate opens."""
+        with self._condition:
+            self._held += 1
+            self._condition.notify_all()
+            self._condition.wait_for(lambda: self._open, timeout=60)
+
+    def wait_for_held(self, count: int, timeout: float = 30.0) -> bool:
+        """Wait until ``count`` requests are held; False if that did not happen in time."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self._held >= count, timeout=timeout)
+
+    def open(self) -> None:
+        """Let every held request (and any later one) through."""
+        with self._condition:
+            self._open = True
+            self._condition.notify_all()
+
+
 @dataclass(frozen=True)
 class GitRequest:
     """One request the git HTTP server answered."""
@@ -238,6 +265,7 @@ class GitHTTPServer:
         self._hidden: set[str] = set()
         self._failures: list[int] = []
         self._protocol_v2 = True
+        self._gate: RequestGate | None = None
         self._lock = threading.Lock()
         server = _Server((LOOPBACK, 0), _Handler)
         server.owner = self
@@ -324,6 +352,17 @@ class GitHTTPServer:
         finally:
             self._protocol_v2 = True
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[RequestGate]:
+        """Hold every request inside until the gate opens (on leaving, at the latest)."""
+        gate = RequestGate()
+        self._gate = gate
+        try:
+            yield gate
+        finally:
+            self._gate = None
+            gate.open()
+
     def fail_next(self, count: int = 1, status: int = 503) -> None:
         """Answer the next ``count`` authenticated requests with ``status`` (e.g. 500, 503)."""
         with self._lock:
@@ -380,6 +419,9 @@ class GitHTTPServer:
         git_protocol: str | None,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Compute the response (status, headers, body) for one request."""
+        gate = self._gate
+        if gate is not None:
+            gate.wait()
         text = [("Content-Type", "text/plain; charset=utf-8")]
         if authorization is None or not secrets.compare_digest(
             authorization.encode(), self.auth_header().encode()
