@@ -4,28 +4,19 @@ Precedence, highest first: environment variables, the config file, the secrets d
 defaults. A sidecar can describe one source entirely by environment
 (``RUNNER_STORAGE_SOURCE``, ``RUNNER_STORAGE_BRANCH``, ...), as git-sync users expect.
 
-Invalid settings raise :class:`SettingsError` listing every problem, each naming the field
-and where its value came from.
+Each source is validated by the model of its kind (:mod:`service.sources`), the single
+environment source too. Invalid settings raise :class:`SettingsError` listing every
+problem, each naming the field and where its value came from (:mod:`service.problems`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -37,8 +28,28 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from runner_storage.credentials import Secret
+from runner_storage.exceptions import one_line
+from service.problems import (
+    ENV_PREFIX,
+    KIND_ERRORS,
+    MISPLACED_VALUE,
+    Location,
+    describe,
+    describe_source_error,
+    format_location,
+    problem,
+)
+from service.sources import (
+    HookSettings,
+    SecretRef,
+    SourceBase,
+    SourceSettings,
+    comma_list,
+    parse_source,
+)
 
+# HookSettings, SecretRef and SourceSettings moved to service.sources with the models of
+# each kind; they stay importable from here.
 __all__ = [
     "DaemonSettings",
     "HookSettings",
@@ -47,8 +58,6 @@ __all__ = [
     "SourceSettings",
     "load_settings",
 ]
-
-ENV_PREFIX = "RUNNER_STORAGE_"
 
 
 class SettingsError(Exception):
@@ -59,147 +68,11 @@ class SettingsError(Exception):
     """
 
     def __init__(
-        self, problems: list[str], sources: list[tuple[int, SourceSettings]] | None = None
+        self, problems: list[str], sources: list[tuple[int, SourceBase]] | None = None
     ) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
         self.sources = sources or []
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(_Strict):
-    """Where a secret comes from: exactly one of ``env``, ``file`` or ``value``.
-
-    ``name`` is the Prefect Secret block used as the pull-step placeholder.
-    """
-
-    env: str | None = None
-    file: Path | None = None
-    value: SecretStr | None = None
-    name: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, data: Any) -> Any:
-        # A bare string is a literal; discouraged, but what people write first.
-        if isinstance(data, str):
-            return {"value": data}
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        given = [k for k in ("env", "file", "value") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of env, file or value")
-        return self
-
-    def to_secret(self) -> Secret:
-        """The library secret this reference describes."""
-        if self.env is not None:
-            return Secret.from_env(self.env, name=self.name)
-        if self.file is not None:
-            return Secret.from_file(self.file, name=self.name)
-        assert self.value is not None  # noqa: S101 - guaranteed by _exactly_one
-        return Secret(self.value, name=self.name)
-
-
-class GitCredentialSettings(_Strict):
-    """Credentials for a git source: an optional username and a token."""
-
-    username: str | None = None
-    token: SecretRef
-
-
-Command = Annotated[list[str], NoDecode]
-
-
-def _split_command(value: Any) -> Any:
-    if isinstance(value, str):
-        return shlex.split(value)
-    return value
-
-
-def _comma_list(value: Any) -> Any:
-    # "flows, lib" from an environment variable; lists from files pass through.
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class HookSettings(_Strict):
-    """What runs around a publish.
-
-    Attributes:
-        check: a command run inside the new version before it is published; publish only
-            if it exits 0.
-        exec: a command run after each publish, with ``RUNNER_STORAGE_*`` variables.
-        webhook: a URL that receives a JSON POST after each publish.
-        timeout: seconds each hook may take.
-        retries: extra attempts for ``exec`` and ``webhook`` after a failure.
-    """
-
-    check: list[str] | None = None
-    exec: list[str] | None = None
-    webhook: str | None = None
-    timeout: float = Field(default=60.0, gt=0)
-    retries: int = Field(default=2, ge=0)
-
-    _split = field_validator("check", "exec", mode="before")(_split_command)
-
-    @field_validator("webhook")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook must be an http:// or https:// URL")
-        return value
-
-
-class SourceSettings(_Strict):
-    """One source the daemon keeps in sync."""
-
-    name: str | None = None
-    source: str = Field(min_length=1)
-    kind: Literal["auto", "git", "remote", "local"] = "auto"
-    branch: str | None = None
-    commit_sha: str | None = None
-    directories: list[str] | None = None
-    include_submodules: bool = False
-    depth: int = Field(default=1, ge=0)
-    credentials: GitCredentialSettings | None = None
-    ssh_key_file: Path | None = None
-    known_hosts_file: Path | None = None
-    settings: dict[str, Any] = Field(default_factory=dict)
-    pull_interval: float | None = Field(default=60.0, gt=0)
-    max_staleness: float | None = Field(default=None, gt=0)
-    timeout: float = Field(default=600.0, gt=0)
-    max_failures: int | None = Field(default=None, ge=1)
-    hooks: HookSettings = Field(default_factory=HookSettings)
-
-    _split_directories = field_validator("directories", mode="before")(_comma_list)
-
-    @property
-    def staleness_limit(self) -> float | None:
-        """Seconds after which a published version counts as stale, None for never."""
-        if self.max_staleness is not None:
-            return self.max_staleness
-        if self.pull_interval is None:
-            return None
-        return max(3 * self.pull_interval, self.pull_interval + 60.0)
-
-    def fsspec_settings(self) -> dict[str, Any]:
-        """The fsspec settings with ``{env=...}`` / ``{file=...}`` tables made Secrets."""
-        return {key: _settings_value(value) for key, value in self.settings.items()}
-
-
-def _settings_value(value: Any) -> Any:
-    if isinstance(value, Mapping) and value and set(value) <= {"env", "file", "value", "name"}:
-        return SecretRef.model_validate(value).to_secret()
-    if isinstance(value, Mapping):
-        return {k: _settings_value(v) for k, v in value.items()}
-    return value
 
 
 class DaemonSettings(BaseSettings):
@@ -233,7 +106,7 @@ class DaemonSettings(BaseSettings):
     token: SecretStr | None = None
     token_file: Path | None = None
 
-    _split_directories = field_validator("directories", mode="before")(_comma_list)
+    _split_directories = field_validator("directories", mode="before")(comma_list)
 
     @classmethod
     def settings_customise_sources(
@@ -258,32 +131,39 @@ class DaemonSettings(BaseSettings):
             raise ValueError("; ".join(message for _, message in problems))
         return self
 
-    def all_sources(self) -> list[SourceSettings]:
+    def all_sources(self) -> list[SourceBase]:
         """The configured sources, the single environment source included."""
-        sources = list(self.sources)
+        sources: list[SourceBase] = list(self.sources)
         if self.source is not None:
-            sources.append(self._env_source())
+            # Validated with the rest by _check_sources: the kind fits its options.
+            sources.append(parse_source(single_source_options(dict(self))))
         return sources
 
-    def _env_source(self) -> SourceSettings:
-        assert self.source is not None  # noqa: S101 - checked by the caller
-        token: SecretRef | None = None
-        if self.token is not None:
-            token = SecretRef(value=self.token)
-        elif self.token_file is not None:
-            token = SecretRef(file=self.token_file)
-        credentials = GitCredentialSettings(username=self.username, token=token) if token else None
-        options: dict[str, Any] = {
-            "source": self.source,
-            "name": self.name,
-            "branch": self.branch,
-            "commit_sha": self.commit_sha,
-            "directories": self.directories,
-            "credentials": credentials,
-        }
-        if self.pull_interval is not None:
-            options["pull_interval"] = self.pull_interval
-        return SourceSettings(**options)
+
+#: Options of the single environment-described source, as it names them; they need
+#: ``RUNNER_STORAGE_SOURCE``.
+_SINGLE_SOURCE_OPTIONS = ("branch", "commit_sha", "directories", "token", "token_file", "username")
+#: The options passed to the source's model as they are.
+_SINGLE_SOURCE_FIELDS = ("source", "name", "branch", "commit_sha", "directories", "pull_interval")
+
+
+def single_source_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The single environment-described source, as its model takes it: only what is given.
+
+    ``token`` (or ``token_file``) and ``username`` become ``credentials``; a username
+    without a token says nothing.
+    """
+    options = {key: values[key] for key in _SINGLE_SOURCE_FIELDS if values.get(key) is not None}
+    token: dict[str, Any] | None = None
+    if values.get("token") is not None:
+        token = {"value": values["token"]}
+    elif values.get("token_file") is not None:
+        token = {"file": values["token_file"]}
+    if token is not None:
+        options["credentials"] = {"token": token}
+        if values.get("username") is not None:
+            options["credentials"]["username"] = values["username"]
+    return options
 
 
 def _file_source(path: Path) -> PydanticBaseSettingsSource:
@@ -340,14 +220,14 @@ def load_settings(
     # together with the field errors instead of only once those are fixed.
     provided = [(origin, source()) for origin, source in named]
     problems = [
-        _problem(location, message, provided) for location, message in _cross_field_problems(values)
+        problem(location, message, provided) for location, message in _cross_field_problems(values)
     ]
     try:
         settings = DaemonSettings.model_validate(values)
     except ValidationError as exc:
         # Whole-model errors repeat the cross-field problems above: keep them only if
         # the raw values hid those (never end up with an empty list).
-        described = _describe(exc, provided, whole_model=not problems)
+        described = describe(exc, provided, values, whole_model=not problems)
         raise SettingsError(described + problems, _valid_sources(values)) from None
     if problems:
         raise SettingsError(problems, list(enumerate(settings.all_sources())))
@@ -362,8 +242,8 @@ def _read_file(path: Path) -> PydanticBaseSettingsSource:
     except SettingsError:
         raise
     except Exception as exc:  # noqa: BLE001 - parsers raise many types; all mean "unreadable"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SettingsError([f"config file {path} cannot be parsed: {first_line}"]) from None
+        reason = one_line(str(exc), 300) or type(exc).__name__
+        raise SettingsError([f"config file {path} cannot be parsed: {reason}"]) from None
     return source
 
 
@@ -383,17 +263,13 @@ class _SecretsSource(SecretsSettingsSource):
         super().__init__(DaemonSettings, secrets_dir=directory, case_sensitive=False)
 
 
-#: Options of the single environment-described source; they need ``RUNNER_STORAGE_SOURCE``.
-_SINGLE_SOURCE_OPTIONS = ("branch", "commit_sha", "directories", "token", "token_file", "username")
-
-
-def _cross_field_problems(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
+def _cross_field_problems(values: Mapping[str, Any]) -> list[tuple[Location, str]]:
     """Problems that span several settings, as (location, message) pairs.
 
     Works on raw, unvalidated values as well as on a validated model's dump: anything of an
     unexpected type is left to the field validation, which reports it.
     """
-    problems: list[tuple[tuple[int | str, ...], str]] = []
+    problems: list[tuple[Location, str]] = []
     if values.get("source") is None:
         problems += [
             (
@@ -406,6 +282,7 @@ def _cross_field_problems(values: Mapping[str, Any]) -> list[tuple[tuple[int | s
         ]
     if values.get("token") is not None and values.get("token_file") is not None:
         problems.append((("token_file",), "give either token or token_file, not both"))
+    problems += _single_source_problems(values)
     initial, maximum = _number(values.get("backoff_initial")), _number(values.get("backoff_max"))
     if initial is not None and maximum is not None and maximum < initial:
         problems.append(
@@ -415,9 +292,9 @@ def _cross_field_problems(values: Mapping[str, Any]) -> list[tuple[tuple[int | s
     return problems
 
 
-def _duplicate_names(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, ...], str]]:
+def _duplicate_names(values: Mapping[str, Any]) -> list[tuple[Location, str]]:
     sources = values.get("sources")
-    entries: list[tuple[tuple[int | str, ...], Any]] = []
+    entries: list[tuple[Location, Any]] = []
     if isinstance(sources, list):
         entries = [
             (("sources", index, "name"), entry.get("name"))
@@ -426,8 +303,8 @@ def _duplicate_names(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, .
         ]
     if values.get("source") is not None:
         entries.append((("name",), values.get("name")))
-    seen: dict[str, tuple[int | str, ...]] = {}
-    problems: list[tuple[tuple[int | str, ...], str]] = []
+    seen: dict[str, Location] = {}
+    problems: list[tuple[Location, str]] = []
     for location, name in entries:
         if not isinstance(name, str):
             continue
@@ -435,7 +312,7 @@ def _duplicate_names(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, .
             problems.append(
                 (
                     location,
-                    f"{name!r} is also the name of {_format_location(seen[name][:-1])};"
+                    f"{name!r} is also the name of {format_location(seen[name][:-1])};"
                     " names must be unique",
                 )
             )
@@ -444,22 +321,48 @@ def _duplicate_names(values: Mapping[str, Any]) -> list[tuple[tuple[int | str, .
     return problems
 
 
-def _valid_sources(values: Mapping[str, Any]) -> list[tuple[int, SourceSettings]]:
+def _single_source_problems(values: Mapping[str, Any]) -> list[tuple[Location, str]]:
+    """Whether the single environment source's options fit its kind, located on them.
+
+    Each option's value is checked as a setting of its own already; what is left is the
+    kind: one that cannot be told, an option of another kind (a branch for s3://).
+    """
+    if values.get("source") is None:
+        return []
+    options = single_source_options(values)
+    try:
+        parse_source(options)
+    except ValidationError as exc:
+        return [
+            ((_single_source_setting(loc, values),), message)
+            for error in exc.errors(include_url=False, include_input=False)
+            if error["type"] in KIND_ERRORS
+            for loc, message, kind in describe_source_error(error, options, loc=error["loc"])
+            if kind != MISPLACED_VALUE
+        ]
+    return []
+
+
+def _single_source_setting(loc: Location, values: Mapping[str, Any]) -> str:
+    """The setting of the single source that gave the option at ``loc`` of its model."""
+    option = str(loc[0]) if loc else "source"
+    if option != "credentials":
+        return option
+    if loc[1:2] == ("username",):
+        return "username"
+    return "token" if values.get("token") is not None else "token_file"
+
+
+def _valid_sources(values: Mapping[str, Any]) -> list[tuple[int, SourceBase]]:
     """The configured sources that validate on their own, with their index."""
     entries = values.get("sources")
     entries = list(entries) if isinstance(entries, list) else []
     if values.get("source") is not None:
-        single = ("source", "name", "pull_interval", *_SINGLE_SOURCE_OPTIONS)
-        with contextlib.suppress(ValidationError):  # each bad field is reported already
-            entries.append(
-                DaemonSettings.model_validate(
-                    {key: values[key] for key in single if key in values}
-                )._env_source()
-            )
+        entries.append(single_source_options(values))
     valid = []
     for index, entry in enumerate(entries):
         try:
-            valid.append((index, SourceSettings.model_validate(entry)))
+            valid.append((index, parse_source(entry)))
         except ValidationError:
             continue
     return valid
@@ -472,44 +375,3 @@ def _number(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def _problem(
-    loc: tuple[int | str, ...], message: str, provided: list[tuple[str, dict[str, Any]]]
-) -> str:
-    """One line: the setting, what is wrong, and where the value came from."""
-    top = str(loc[0]) if loc else ""
-    origin = next((o for o, values in provided if top in values), None)
-    if origin == "environment":
-        origin = f"environment variable {ENV_PREFIX}{top.upper()}"
-    where = f" (from {origin})" if origin else ""
-    return f"{_format_location(loc) or 'settings'}: {message}{where}"
-
-
-def _describe(
-    exc: ValidationError, provided: list[tuple[str, dict[str, Any]]], *, whole_model: bool
-) -> list[str]:
-    """The validation errors, one line each; ``whole_model`` keeps the model-level ones."""
-    return [
-        _problem(
-            error["loc"],
-            error["msg"].removeprefix("Value error, ") + _HINTS.get(error["type"], ""),
-            provided,
-        )
-        for error in exc.errors(include_url=False, include_input=False)
-        if error["loc"] or whole_model
-    ]
-
-
-#: What to do about the pydantic errors whose message does not say it.
-_HINTS = {
-    "extra_forbidden": " (an unknown setting: check its spelling, or remove it)",
-    "missing": " (add it)",
-}
-
-
-def _format_location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out

@@ -1,86 +1,51 @@
-"""The daemon: one task group, one loop per source, health, signals and systemd.
+"""The daemon: one task group, one loop per source, hooks, health, signals and systemd.
 
-Each source loops: pull, then sleep ``pull_interval`` with jitter. Failures back off
-exponentially with jitter up to a cap; they never stop other sources or the daemon, unless
-``max_failures`` asks for an exit. ``--once`` pulls every source once and exits.
+Each source loops: pull, then sleep its storage's ``pull_interval`` with jitter. Failures
+back off exponentially with jitter up to a cap; they never stop other sources or the
+daemon, unless ``max_failures`` asks for an exit. ``--once`` pulls every source once,
+waits for the post-publish hooks of those pulls, and exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
 from anyio.abc import TaskGroup
 
-from runner_storage.base import Revision, SyncResult
-from runner_storage.exceptions import RunnerStorageError, TransientSourceError
+from runner_storage.exceptions import RunnerStorageError
 from runner_storage.local import LocalStorage
-from runner_storage.managed import ManagedStorage
-from runner_storage.state import age_seconds
-from service.config import DaemonSettings, SourceSettings
+from runner_storage.publish.managed import ManagedStorage
+from runner_storage.types import Revision, SyncResult
+from service.config import DaemonSettings
 from service.hooks import HookError, PublishEvent, post_webhook, run_check, run_exec
 from service.logging import get_logger
 from service.metrics import Metrics
 from service.notify import Notifier
+from service.runtime import SourceRuntime
 
-__all__ = ["Daemon", "SourceRuntime"]
+__all__ = ["Daemon", "OpenEndpoints", "SourceRuntime", "StartupError"]
 
 HEARTBEAT_SECONDS = 1.0
 LIVENESS_LIMIT_SECONDS = 15.0
 
 
-@dataclass
-class SourceRuntime:
-    """A source as the daemon runs it: its storage and how its pulls have gone."""
+class StartupError(Exception):
+    """The daemon cannot start as configured (its HTTP port is taken): one line, exit 2."""
 
-    settings: SourceSettings
-    storage: ManagedStorage | LocalStorage
-    wake: anyio.Event = field(default_factory=anyio.Event)
-    pulling: bool = False
-    attempted: bool = False
-    revision: str | None = None
-    last_success: float | None = None
-    last_error: str | None = None
-    consecutive_failures: int = 0
-    next_pull_at: float | None = None
 
-    @property
-    def name(self) -> str:
-        """The source's name (its destination under the root, or its local path)."""
-        storage = self.storage
-        return storage.name if isinstance(storage, ManagedStorage) else str(storage.destination)
-
-    def load_published(self) -> None:
-        """Start from what an earlier run published, so a restart keeps serving ready."""
-        if not isinstance(self.storage, ManagedStorage):
-            return
-        state = self.storage.publisher.state()
-        if state is None or self.storage.publisher.current_version() is None:
-            return
-        self.revision = state.revision
-        success_age = age_seconds(state.last_success_at)
-        if success_age is not None:
-            self.last_success = time.time() - success_age
-
-    def readiness(self, now: float) -> tuple[bool, str]:
-        """Whether this source is ready, and why."""
-        if isinstance(self.storage, LocalStorage):
-            exists = self.storage.destination.is_dir()
-            return exists, "ok" if exists else f"{self.storage.destination} does not exist"
-        if self.last_success is None or self.revision is None:
-            return False, self.last_error or "not published yet"
-        limit = self.settings.staleness_limit
-        age = now - self.last_success
-        if limit is not None and age > limit:
-            return False, f"stale: last successful pull {age:.0f}s ago (limit {limit:g}s)"
-        return True, "ok"
+#: Opens the HTTP endpoints for a daemon, for as long as the context lasts; the context
+#: gives the bound port and raises :class:`StartupError` if it cannot listen.
+OpenEndpoints: TypeAlias = "Callable[[Daemon], AbstractAsyncContextManager[int]]"
 
 
 class Daemon:
@@ -104,39 +69,51 @@ class Daemon:
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._task_group: TaskGroup | None = None
         self._ready_sent = False
+        self._hooks: TaskGroup | None = None
+        self._hook_failures = 0
         for runtime in runtimes:
             self.metrics.add_source(runtime.name)
-            runtime.load_published()
+            # Start from what an earlier run published, so a restart keeps serving ready.
+            runtime.load_state()
+            self.metrics.failures.labels(runtime.name).set(runtime.consecutive_failures)
             if runtime.revision:
                 self.metrics.set_revision(runtime.name, runtime.revision)
                 if runtime.last_success is not None:
                     self.metrics.last_success.labels(runtime.name).set(runtime.last_success)
 
-    async def run(
-        self,
-        *,
-        once: bool = False,
-        serve_http: Callable[..., Coroutine[Any, Any, Any]] | None = None,
-    ) -> int:
+    async def run(self, *, once: bool = False, open_endpoints: OpenEndpoints | None = None) -> int:
         """Run until a signal (or, with ``once``, until every source was pulled once).
 
+        Args:
+            once: pull every source once, wait for the post-publish hooks, and return.
+            open_endpoints: serves the HTTP endpoints while the daemon runs, when
+                ``http_port`` is set; opened before any pull.
+
         Returns:
-            The process exit code: 0, or 1 when ``once`` saw a failure or a source
-            reached ``max_failures``.
+            The process exit code: 0, or 1 when ``once`` saw a failed pull or hook, or a
+            source reached ``max_failures``.
+
+        Raises:
+            StartupError: the endpoints cannot listen; nothing was pulled.
         """
-        async with anyio.create_task_group() as outer:
-            self._task_group = outer
-            outer.start_soon(self._handle_signals, outer.cancel_scope)
-            outer.start_soon(self._heartbeat)
-            if serve_http is not None and self.settings.http_port is not None:
-                await outer.start(serve_http, self)
-            async with anyio.create_task_group() as loops:
-                for runtime in self.runtimes.values():
-                    loops.start_soon(self._source_loop, runtime, once)
-            if once:
-                failed = [r.name for r in self.runtimes.values() if r.consecutive_failures]
-                self.exit_code = 1 if failed else 0
-                outer.cancel_scope.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            if open_endpoints is not None and self.settings.http_port is not None:
+                await stack.enter_async_context(open_endpoints(self))
+            async with anyio.create_task_group() as outer:
+                self._task_group = outer
+                outer.start_soon(self._handle_signals, outer.cancel_scope)
+                outer.start_soon(self._heartbeat)
+                # Post-publish hooks run beside the loops, so a slow webhook never delays
+                # the next pull; with --once this group is what the exit waits for.
+                async with anyio.create_task_group() as hooks:
+                    self._hooks = hooks
+                    async with anyio.create_task_group() as loops:
+                        for runtime in self.runtimes.values():
+                            loops.start_soon(self._source_loop, runtime, once)
+                if once:
+                    failed = any(r.failed_attempts for r in self.runtimes.values())
+                    self.exit_code = 1 if failed or self._hook_failures else 0
+                    outer.cancel_scope.cancel()
         self.notifier.stopping()
         self.notifier.close()
         self.log.info("daemon_stopped", exit_code=self.exit_code)
@@ -165,66 +142,72 @@ class Daemon:
     async def _source_loop(self, runtime: SourceRuntime, once: bool) -> None:
         while True:
             runtime.wake = anyio.Event()
-            await self._pull(runtime)
+            failure = await self._pull(runtime)
             runtime.attempted = True
+            gave_up = (
+                runtime.settings.max_failures is not None
+                and runtime.failed_attempts >= runtime.settings.max_failures
+            )
+            retrying = failure is not None and not once and not gave_up
+            delay = self._next_delay(runtime)
+            if failure is not None:
+                self._log_failure(runtime, failure, retry_in=delay if retrying else None)
             self._after_attempt()
-            if once or (
-                runtime.settings.pull_interval is None and not runtime.consecutive_failures
-            ):
+            if once or (runtime.storage.pull_interval is None and not runtime.failed_attempts):
                 runtime.next_pull_at = None
                 if not once:
                     await runtime.wake.wait()
                     continue
                 return
-            limit = runtime.settings.max_failures
-            if limit is not None and runtime.consecutive_failures >= limit:
+            if gave_up:
                 self.log.error(
-                    "source_gave_up", source=runtime.name, failures=runtime.consecutive_failures
+                    "source_gave_up", source=runtime.name, failures=runtime.failed_attempts
                 )
                 self.exit_code = 1
                 if self._task_group is not None:
                     self._task_group.cancel_scope.cancel()
                 return
-            delay = self._next_delay(runtime)
             runtime.next_pull_at = time.time() + delay
             with anyio.move_on_after(delay):
                 await runtime.wake.wait()
 
     def _next_delay(self, runtime: SourceRuntime) -> float:
-        if runtime.consecutive_failures:
-            exponent = min(runtime.consecutive_failures - 1, 30)
+        if runtime.failed_attempts:
+            exponent = min(runtime.failed_attempts - 1, 30)
             ceiling = min(self.settings.backoff_max, self.settings.backoff_initial * 2.0**exponent)
             # "Equal jitter": never shorter than half the step, so a broken source is not hammered.
             return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
-        interval = runtime.settings.pull_interval or 0.0
+        # The storage's own interval: the one value the settings gave it, fractions kept.
+        interval = runtime.storage.pull_interval or 0.0
         return interval * random.uniform(0.9, 1.1)  # noqa: S311 - jitter, not cryptographic
 
-    async def _pull(self, runtime: SourceRuntime) -> None:
+    async def _pull(self, runtime: SourceRuntime) -> Exception | None:
+        """One pull, recorded; the exception it ended with, or None."""
         started = time.monotonic()
-        runtime.pulling = True
         old_revision = runtime.revision
+        before = runtime.attempt_stamp()
+        runtime.pulling = True
         try:
-            result = await self._pull_with_timeout(runtime)
+            # The limiter's wait is not part of the pull: only the pull counts against timeout.
+            async with self._limiter:
+                storage = runtime.storage
+                if isinstance(storage, LocalStorage):
+                    result = await storage.pull_code()
+                else:
+                    # The library ends a pull past its timeout and records it in state.json.
+                    result = await storage.pull_code(
+                        verify=self._verifier(runtime), timeout=runtime.settings.timeout
+                    )
         except Exception as exc:  # noqa: BLE001 - one broken source must never stop the daemon
-            self._record_failure(runtime, exc, time.monotonic() - started)
-            return
+            runtime.record_failure(self._describe(runtime, exc), before=before)
+            self.metrics.pull_failed(
+                runtime.name, time.monotonic() - started, runtime.consecutive_failures
+            )
+            return exc
         finally:
             runtime.pulling = False
         self._record_success(runtime, result, old_revision)
-
-    async def _pull_with_timeout(self, runtime: SourceRuntime) -> SyncResult:
-        timeout = runtime.settings.timeout
-        try:
-            with anyio.fail_after(timeout):
-                async with self._limiter:
-                    storage = runtime.storage
-                    if isinstance(storage, LocalStorage):
-                        return await storage.pull_code()
-                    return await storage.pull_code(verify=self._verifier(runtime))
-        except TimeoutError:
-            raise TransientSourceError(
-                f"pull of {runtime.name} timed out after {timeout:g}s; nothing was published"
-            ) from None
+        return None
 
     def _verifier(
         self, runtime: SourceRuntime
@@ -246,16 +229,10 @@ class Daemon:
     def _record_success(
         self, runtime: SourceRuntime, result: SyncResult, old_revision: str | None
     ) -> None:
-        now = time.time()
-        if runtime.last_error is not None:
-            self.log.info(
-                "sync_recovered", source=runtime.name, failures=runtime.consecutive_failures
-            )
-        runtime.revision = result.revision
-        runtime.last_success = now
-        runtime.last_error = None
-        runtime.consecutive_failures = 0
-        self.metrics.pull_succeeded(runtime.name, result, now)
+        if runtime.logged_error is not None:
+            self.log.info("sync_recovered", source=runtime.name, failures=runtime.failed_attempts)
+        runtime.record_success(result)
+        self.metrics.pull_succeeded(runtime.name, result, runtime.last_success or time.time())
         self.log.info(
             "sync_finished",
             source=runtime.name,
@@ -265,14 +242,15 @@ class Daemon:
             bytes=result.bytes_fetched,
             duration_s=round(result.duration, 3),
         )
-        if result.changed and self._task_group is not None:
+        if result.changed and self._hooks is not None:
             event = PublishEvent(
                 runtime.name, old_revision, result.revision, runtime.storage.destination
             )
-            self._task_group.start_soon(self._run_post_hooks, runtime, event)
+            self._hooks.start_soon(self._run_post_hooks, runtime, event)
 
-    def _record_failure(self, runtime: SourceRuntime, exc: Exception, duration: float) -> None:
-        runtime.consecutive_failures += 1
+    @staticmethod
+    def _describe(runtime: SourceRuntime, exc: Exception) -> str:
+        """The failure in one line, redacted."""
         if isinstance(exc, RunnerStorageError):
             message = str(exc)
         else:
@@ -280,35 +258,45 @@ class Daemon:
             message = f"unexpected {type(exc).__name__} during pull"
         if isinstance(runtime.storage, ManagedStorage):
             message = runtime.storage.redact(message)
-        self.metrics.pull_failed(runtime.name, duration, runtime.consecutive_failures)
-        fields = {
+        return message
+
+    def _log_failure(
+        self, runtime: SourceRuntime, exc: Exception, *, retry_in: float | None
+    ) -> None:
+        """``sync_failed`` once per distinct error (then ``sync_failed_again``, at debug)."""
+        message = self._describe(runtime, exc)
+        fields: dict[str, object] = {
             "source": runtime.name,
             "error": message,
             "error_type": type(exc).__name__,
             "failures": runtime.consecutive_failures,
         }
-        if message != runtime.last_error:
+        if retry_in is not None:
+            fields["retry_in_s"] = round(retry_in, 3)
+        if message != runtime.logged_error:
             self.log.error("sync_failed", **fields)
         else:
             self.log.debug("sync_failed_again", **fields)
-        runtime.last_error = message
+        runtime.logged_error = message
 
     async def _run_post_hooks(self, runtime: SourceRuntime, event: PublishEvent) -> None:
+        """The exec hook, then the webhook; a failure is counted, logged, and not raised."""
         hooks = runtime.settings.hooks
+        options: dict[str, Any] = {"timeout": hooks.timeout, "retries": hooks.retries}
+        calls: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if hooks.exec:
-            try:
-                await run_exec(hooks.exec, event, timeout=hooks.timeout, retries=hooks.retries)
-            except HookError as exc:
-                self.metrics.hook_failures.labels(runtime.name, "exec").inc()
-                self.log.error("hook_failed", source=runtime.name, hook="exec", error=str(exc))
+            calls.append(("exec", functools.partial(run_exec, hooks.exec, event, **options)))
         if hooks.webhook:
+            calls.append(
+                ("webhook", functools.partial(post_webhook, hooks.webhook, event, **options))
+            )
+        for hook, call in calls:
             try:
-                await post_webhook(
-                    hooks.webhook, event, timeout=hooks.timeout, retries=hooks.retries
-                )
+                await call()
             except HookError as exc:
-                self.metrics.hook_failures.labels(runtime.name, "webhook").inc()
-                self.log.error("hook_failed", source=runtime.name, hook="webhook", error=str(exc))
+                self._hook_failures += 1
+                self.metrics.hook_failures.labels(runtime.name, hook).inc()
+                self.log.error("hook_failed", source=runtime.name, hook=hook, error=str(exc))
 
     def _after_attempt(self) -> None:
         self.notifier.status(self._status_line())
@@ -321,7 +309,7 @@ class Daemon:
         total = len(self.runtimes)
         _, checks = self.readiness()
         good = sum(1 for ok, _ in checks.values() if ok)
-        failing = sorted(n for n, r in self.runtimes.items() if r.consecutive_failures)
+        failing = sorted(n for n, r in self.runtimes.items() if r.failed_attempts)
         line = f"{good}/{total} sources ready"
         if failing:
             line += f"; failing: {', '.join(failing[:3])}" + ("..." if len(failing) > 3 else "")

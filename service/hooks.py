@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from runner_storage.exceptions import PublishError
+from runner_storage.exceptions import CheckFailedError
 
 __all__ = ["HookError", "PublishEvent", "post_webhook", "run_check", "run_exec"]
 
@@ -87,13 +87,13 @@ async def run_check(command: list[str], tree: Path, *, source: str, timeout: flo
     """Run the pre-publish check in ``tree``.
 
     Raises:
-        PublishError: the check failed; the new version must not be published.
+        CheckFailedError: the check refused the new version; it must not be published.
     """
     failure = await _run(
         command, cwd=tree, env={"RUNNER_STORAGE_SOURCE_NAME": source}, timeout=timeout
     )
     if failure:
-        raise PublishError(f"pre-publish check {command[0]!r} {failure}; version not published")
+        raise CheckFailedError(f"pre-publish check {command[0]!r} {failure}; version not published")
 
 
 async def run_exec(

@@ -6,22 +6,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import os
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from aiohttp import web
-from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from runner_storage.credentials import strip_url_credentials
-from runner_storage.managed import ManagedStorage
+from runner_storage.publish.managed import ManagedStorage
+from runner_storage.secrets import strip_url_credentials
 
 if TYPE_CHECKING:
     from service.daemon import Daemon
 
-__all__ = ["build_app", "serve_http"]
+__all__ = ["build_app", "open_endpoints"]
 
 _DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 
@@ -38,21 +40,40 @@ def build_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def serve_http(daemon: Daemon, *, task_status: TaskStatus[int]) -> None:
-    """Serve until cancelled; reports the bound port through ``task_status``."""
+@contextlib.asynccontextmanager
+async def open_endpoints(daemon: Daemon) -> AsyncIterator[int]:
+    """Serve the endpoints while the context lasts; it gives the bound port.
+
+    Raises:
+        StartupError: the address cannot be listened on (taken, not on this machine, a
+            privileged port); the line names it and what to do.
+    """
+    from service.daemon import StartupError  # noqa: PLC0415 - the daemon imports this module
+
     settings = daemon.settings
     runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port or 0)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            address = _address(settings.http_host, settings.http_port or 0)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(
+                f"cannot listen on {address}: {reason}; stop what uses it, or set http_port"
+                f" (RUNNER_STORAGE_HTTP_PORT) to a free port"
+            ) from None
         port = _bound_port(runner)
         daemon.log.info("http_listening", host=settings.http_host, port=port)
-        task_status.started(port)
-        await anyio.sleep_forever()
+        yield port
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bound_port(runner: web.AppRunner) -> int:

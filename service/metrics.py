@@ -2,68 +2,85 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any, TypeVar
 
-from runner_storage.base import SyncResult
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from runner_storage.types import SyncResult
 
 __all__ = ["Metrics"]
 
+_Family = TypeVar("_Family", bound=MetricWrapperBase)
+
+#: Pull durations, in seconds: from a no-op against a warm cache to the default timeout.
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
 
 class Metrics:
-    """The daemon's metric families and the events that update them."""
+    """The daemon's metric families and the events that update them.
+
+    Every family is labelled by ``source``; the name, the help text and any further
+    label are all that tells them apart, so each is one line below.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.pulls = Counter(
-            "runner_storage_pulls",
+        family = self._family
+        self.pulls = family(
+            Counter,
+            "pulls",
             "Pulls by source and result (changed, unchanged, error).",
-            ["source", "result"],
-            registry=self.registry,
+            "result",
         )
-        self.duration = Histogram(
-            "runner_storage_pull_duration_seconds",
+        self.duration = family(
+            Histogram,
+            "pull_duration_seconds",
             "Duration of pulls, lock wait included.",
-            ["source"],
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
-            registry=self.registry,
+            buckets=_DURATION_BUCKETS,
         )
-        self.last_success = Gauge(
-            "runner_storage_last_success_timestamp_seconds",
+        self.last_success = family(
+            Gauge,
+            "last_success_timestamp_seconds",
             "Unix time of the last successful pull (changed or not).",
-            ["source"],
-            registry=self.registry,
         )
-        self.revision = Gauge(
-            "runner_storage_published_revision_info",
+        self.revision = family(
+            Gauge,
+            "published_revision_info",
             "The revision currently published (value is always 1).",
-            ["source", "revision"],
-            registry=self.registry,
+            "revision",
         )
-        self.failures = Gauge(
-            "runner_storage_consecutive_failures",
-            "Failed pulls since the last success.",
-            ["source"],
-            registry=self.registry,
+        self.failures = family(
+            Gauge, "consecutive_failures", "Failed pulls since the last success."
         )
-        self.fetched_bytes = Counter(
-            "runner_storage_fetched_bytes",
-            "Bytes transferred from sources.",
-            ["source"],
-            registry=self.registry,
+        self.fetched_bytes = family(Counter, "fetched_bytes", "Bytes transferred from sources.")
+        self.fetched_objects = family(
+            Counter, "fetched_objects", "Files or objects transferred from sources."
         )
-        self.fetched_objects = Counter(
-            "runner_storage_fetched_objects",
-            "Files or objects transferred from sources.",
-            ["source"],
-            registry=self.registry,
-        )
-        self.hook_failures = Counter(
-            "runner_storage_hook_failures",
+        self.hook_failures = family(
+            Counter,
+            "hook_failures",
             "Hooks (check, exec, webhook) that failed after their retries.",
-            ["source", "hook"],
-            registry=self.registry,
+            "hook",
         )
         self._revisions: dict[str, str] = {}
+
+    def _family(
+        self,
+        kind: type[_Family],
+        name: str,
+        documentation: str,
+        *labels: str,
+        **options: Any,
+    ) -> _Family:
+        """A family named ``runner_storage_NAME``, labelled by source (then ``labels``)."""
+        return kind(
+            f"runner_storage_{name}",
+            documentation,
+            ["source", *labels],
+            registry=self.registry,
+            **options,
+        )
 
     def add_source(self, source: str) -> None:
         """Create the series of a source so they exist before its first pull."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from daemon_process import RUNNER_STORAGE, cli
 from servers.gitrepo import UpstreamRepoFactory
+from servers.procs import LOOPBACK, free_port
 
 from runner_storage import __version__
 
@@ -101,6 +102,44 @@ class TestPull:
         tree = tmp_path / repo.name
         assert (tree / "lib").is_dir()
         assert not (tree / "flows").exists()
+
+    def test_unreachable_sources_exit_1_without_promising_a_retry(self, tmp_path: Path) -> None:
+        """A network failure of a one-shot pull exits 1, and nothing claims it will be retried.
+
+        Nothing retries a one-shot pull: neither the git nor the object-store message may
+        say so. Both sources point at a closed port on 127.0.0.1.
+        """
+        port = free_port()  # released at once: nothing listens there
+        for source in (
+            f"http://{LOOPBACK}:{port}/org/repo.git",
+            f"http://{LOOPBACK}:{port}/files/",
+        ):
+            result = cli("pull", source, "--dest", str(tmp_path / "out"))
+            assert result.returncode == 1, (source, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith("runner-storage: pull failed:")
+            assert "retried" not in result.stderr
+            assert not (tmp_path / "out" / "repo").exists()
+
+    def test_missing_local_folder_is_a_usage_error(self, tmp_path: Path) -> None:
+        """A local path that does not exist is bad input: one line, exit 2."""
+        missing = tmp_path / "no-such-folder"
+        result = cli("pull", str(missing), "--dest", str(tmp_path / "out"))
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"runner-storage: {missing} does not exist or is not a directory: give an existing"
+            " folder, or a git or object-store URL"
+        ]
+
+    def test_git_option_on_an_object_store_source(self, tmp_path: Path) -> None:
+        """--branch on an s3:// source names the option and the kind: exit 2, one line."""
+        result = cli("pull", "s3://bucket/flows", "--dest", str(tmp_path), "--branch", "main")
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "runner-storage: --branch: only applies to git sources, and 's3://bucket/flows'"
+            " is remote"
+        ]
 
     def test_missing_repository_exits_1(self, tmp_path: Path) -> None:
         """A pull that fails at runtime exits 1 with one line on stderr."""
@@ -246,10 +285,10 @@ class TestRun:
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert lines == [
+            "runner-storage: sources[0].branch: only applies to git sources, and 's3://b/p'"
+            f" is remote (from {path})",
             "runner-storage: sources[1].pull_interval: Input should be greater than 0"
             f" (from {path})",
-            "runner-storage: sources[0] (s3://b/p): branch only applies to git sources, and"
-            " 's3://b/p' is remote",
         ]
         assert not (tmp_path / "root").exists()
 
@@ -279,7 +318,7 @@ class TestRun:
         path = config_file(tmp_path, '[[sources]]\nsource = "s3://b/p"\nbranch = "main"\n')
         result = cli("check", "--config", str(path))
         assert result.returncode == 2
-        assert "branch only applies to git sources" in result.stderr
+        assert "sources[0].branch: only applies to git sources" in result.stderr
 
     def test_no_sources(self, tmp_path: Path) -> None:
         """A config without sources is a configuration error that says how to add one."""

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from runner_storage.credentials import Secret
+from runner_storage import (
+    ConfigurationError,
+    GitRepository,
+    RemoteStorage,
+    RunnerStorage,
+    create_storage_from_source,
+)
+from runner_storage.secrets import Secret
 from service.config import DaemonSettings, SettingsError, load_settings
+from service.sources import GitSource, LocalSource, RemoteSource, SourceBase
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -26,6 +34,8 @@ class TestSources:
         """The example config shipped in examples/ is valid and means what it says."""
         settings = load_settings(EXAMPLES / "config.toml", environ={})
         flows, models = settings.all_sources()
+        assert isinstance(flows, GitSource)
+        assert isinstance(models, RemoteSource)
         assert flows.name == "flows"
         assert flows.directories == ["flows"]
         assert flows.credentials is not None
@@ -47,7 +57,9 @@ class TestSources:
         )
         settings = load_settings(path, environ={})
         assert settings.root == Path("/srv/code")
-        assert settings.all_sources()[0].branch == "dev"
+        (source,) = settings.all_sources()
+        assert isinstance(source, GitSource)
+        assert source.branch == "dev"
 
     def test_environment_beats_file(self, tmp_path: Path) -> None:
         """A RUNNER_STORAGE_ variable overrides the same key in the file."""
@@ -75,6 +87,7 @@ class TestSources:
             }
         )
         (source,) = settings.all_sources()
+        assert isinstance(source, GitSource)
         assert source.source == "https://git.example/org/repo.git"
         assert source.branch == "release"
         assert source.directories == ["flows", "lib"]
@@ -236,3 +249,174 @@ class TestErrors:
         with pytest.raises(SettingsError) as caught:
             load_settings(path, environ={})
         assert "tok-CANARY-123" not in str(caught.value)
+
+
+def problems_of(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    """The problems ``load_settings`` reports for ``path`` and ``environ`` (it must fail)."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ=environ or {})
+    return caught.value.problems
+
+
+def sources_of(tmp_path: Path, text: str) -> list[SourceBase]:
+    """The sources of a config file holding ``text``."""
+    return load_settings(write(tmp_path, "c.toml", text), environ={}).all_sources()
+
+
+def build(source: SourceBase, root: Path) -> RunnerStorage:
+    """The storage a source builds under ``root``, with the default retention."""
+    return source.build_storage(root=root, keep_versions=3, grace_period=600)
+
+
+class TestSourceKinds:
+    """One model per kind, chosen by ``kind`` or by the library's classifier."""
+
+    def test_kinds_follow_the_library(self, tmp_path: Path) -> None:
+        """Each source gets the model of its kind and builds the library's own storage."""
+        urls = [
+            "GIT+https://host.example/org/repo",
+            "https://host.example/org/repo.git/",
+            "s3://bucket/flows",
+            "/srv/flows",
+            "file:///srv/other",
+        ]
+        text = "".join(f'[[sources]]\nsource = "{url}"\n' for url in urls)
+        models = sources_of(tmp_path, text)
+        assert [type(model) for model in models] == [
+            GitSource,
+            GitSource,
+            RemoteSource,
+            LocalSource,
+            LocalSource,
+        ]
+        for url, model in zip(urls, models, strict=True):
+            expected = create_storage_from_source(url)
+            expected.set_base_path(tmp_path)
+            assert build(model, tmp_path) == expected, url
+        second = build(models[1], tmp_path)
+        assert isinstance(second, GitRepository)
+        assert second.name == "repo"
+
+    def test_kind_given_explicitly(self, tmp_path: Path) -> None:
+        """``kind`` overrides the classifier; ``auto`` asks it."""
+        text = (
+            '[[sources]]\nsource = "https://host.example/org/repo"\nkind = "git"\n'
+            '[[sources]]\nsource = "https://host.example/files/"\nkind = "auto"\n'
+        )
+        git, remote = sources_of(tmp_path, text)
+        assert (type(git), git.kind) == (GitSource, "git")
+        assert (type(remote), remote.kind) == (RemoteSource, "remote")
+
+    def test_fractional_pull_interval_reaches_the_storage(self, tmp_path: Path) -> None:
+        """``pull_interval = 0.5`` means 0.5 s to the storage too, not a rounded second."""
+        text = (
+            '[[sources]]\nsource = "https://h.example/r.git"\npull_interval = 0.5\n'
+            '[[sources]]\nsource = "/srv/flows"\npull_interval = 1.25\n'
+        )
+        git, local = sources_of(tmp_path, text)
+        assert build(git, tmp_path).pull_interval == 0.5
+        assert build(local, tmp_path).pull_interval == 1.25
+
+    def test_options_of_another_kind(self, tmp_path: Path) -> None:
+        """An option of another kind names that kind and this one; the URL's password is hidden."""
+        path = write(
+            tmp_path,
+            "c.toml",
+            '[[sources]]\nsource = "s3://user:pw-CANARY-1@b/p"\nbranch = "main"\ndepth = 2\n'
+            '[[sources]]\nsource = "https://h.example/r.git"\nsettings = { key = "k" }\n',
+        )
+        problems = problems_of(path)
+        assert [problem.split(":")[0] for problem in problems] == [
+            "sources[0].branch",
+            "sources[0].depth",
+            "sources[1].settings",
+        ]
+        assert problems[2] == (
+            "sources[1].settings: only applies to remote sources, and"
+            f" 'https://h.example/r.git' is git (from {path})"
+        )
+        assert all("pw-CANARY-1" not in problem for problem in problems)
+        assert "only applies to git sources, and 's3://" in problems[0]
+
+    def test_unclassifiable_source(self, tmp_path: Path) -> None:
+        """An unknown scheme is the classifier's line, as a problem of ``source``."""
+        path = write(tmp_path, "c.toml", '[[sources]]\nsource = "s4://bucket/x"\ntimeout = 0\n')
+        assert problems_of(path) == [
+            "sources[0].source: unknown scheme 's4' in source 's4://bucket/x': use a git URL"
+            " (https, ssh, git, file), an object-store URL (s3, gs, az, http...), or a path"
+            f" (from {path})"
+        ]
+
+    def test_environment_source_goes_through_the_union(self) -> None:
+        """RUNNER_STORAGE_SOURCE and its options are checked by the same models."""
+        (remote,) = load_settings(
+            environ={"RUNNER_STORAGE_SOURCE": "s3://bucket/flows"}
+        ).all_sources()
+        assert isinstance(remote, RemoteSource)
+        environ = {
+            "RUNNER_STORAGE_SOURCE": "s3://bucket/flows",
+            "RUNNER_STORAGE_BRANCH": "main",
+            "RUNNER_STORAGE_TOKEN": "tok-CANARY-2",
+        }
+        assert problems_of(None, environ) == [
+            "branch: only applies to git sources, and 's3://bucket/flows' is remote"
+            " (from environment variable RUNNER_STORAGE_BRANCH)",
+            "token: only applies to git sources, and 's3://bucket/flows' is remote"
+            " (from environment variable RUNNER_STORAGE_TOKEN)",
+        ]
+        (problem,) = problems_of(None, {"RUNNER_STORAGE_SOURCE": "s4://bucket/x"})
+        assert problem.startswith("source: unknown scheme 's4'")
+        assert problem.endswith("(from environment variable RUNNER_STORAGE_SOURCE)")
+
+
+class TestSettingsSecrets:
+    """``{ env = ... }`` / ``{ file = ... }`` / ``{ value = ... }`` tables in fsspec settings."""
+
+    def test_a_secret_table_inside_a_list_is_a_secret(self, tmp_path: Path) -> None:
+        """Inside a list too, a table becomes a Secret: placeholdered in steps, redacted."""
+        (source,) = sources_of(
+            tmp_path,
+            '[[sources]]\nsource = "s3://bucket/flows"\nsettings = { key = "k",'
+            ' tokens = [{ env = "LIST_TOKEN" }, { value = "lit-CANARY-3" }],'
+            ' nested = { deeper = [[{ file = "/run/token" }]] } }\n',
+        )
+        assert isinstance(source, RemoteSource)
+        settings = source.fsspec_settings()
+        first, second = settings["tokens"]
+        assert isinstance(first, Secret)
+        assert first.env_var == "LIST_TOKEN"
+        assert isinstance(second, Secret)
+        assert isinstance(settings["nested"]["deeper"][0][0], Secret)
+        storage = build(source, tmp_path)
+        assert isinstance(storage, RemoteStorage)
+        assert "lit-CANARY-3" not in storage.redact("failed with lit-CANARY-3 in it")
+        with pytest.raises(ConfigurationError, match="plain value"):
+            storage.to_pull_step()  # the literal cannot become a placeholder
+
+    def test_placeholders_inside_a_list(self, tmp_path: Path) -> None:
+        """A pull step carries the placeholder of a listed secret, never a table."""
+        (source,) = sources_of(
+            tmp_path,
+            '[[sources]]\nsource = "s3://bucket/flows"\n'
+            'settings = { tokens = [{ env = "LIST_TOKEN" }, { file = "/t", name = "blk" }] }\n',
+        )
+        step = build(source, tmp_path).to_pull_step()
+        assert isinstance(step, dict)
+        assert step["prefect.deployments.steps.pull_from_remote_storage"]["tokens"] == [
+            "{{ $LIST_TOKEN }}",
+            "{{ prefect.blocks.secret.blk }}",
+        ]
+
+    def test_a_bad_secret_table_is_a_settings_problem(self, tmp_path: Path) -> None:
+        """A table with two origins is reported where it is, with the other problems."""
+        path = write(
+            tmp_path,
+            "c.toml",
+            '[[sources]]\nsource = "s3://bucket/flows"\ntimeout = 0\n'
+            'settings = { tokens = [{ env = "A", file = "/b" }] }\n',
+        )
+        assert problems_of(path) == [
+            f"sources[0].timeout: Input should be greater than 0 (from {path})",
+            "sources[0].settings: at ['tokens'][0]: give exactly one of env, file or value"
+            f" (from {path})",
+        ]

@@ -7,15 +7,17 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_process import DaemonFactory, RunningDaemon, wait_for
+from daemon_process import DaemonFactory, RunningDaemon, cli, wait_for
 from fault_tools import leftovers, run_cli, start_cli, stopped_on_exit
+from http_peers import QuietHandler, serving
+from servers.fault_proxy import FaultProxy
+from servers.git_http import GitHTTPServer
 from servers.gitrepo import UpstreamRepoFactory
-from servers.procs import LOOPBACK, ThreadedHTTPServerHandle
+from servers.procs import LOOPBACK
 
 TOKEN = "sync-token-0123456789"
 
@@ -74,6 +76,8 @@ class TestHealth:
         )
         failed = [e for e in daemon.events("sync_failed") if e["source"] == "broken"]
         assert len(failed) == 1
+        # The daemon is what retries, so its log says when: half a step to a step of backoff.
+        assert 0.1 <= failed[0]["retry_in_s"] <= 0.2
         assert daemon.sources()["broken"]["consecutive_failures"] >= 3
         assert (metric(daemon, 'runner_storage_consecutive_failures{source="broken"}') or 0) >= 3
         assert metric(daemon, 'runner_storage_pulls_total{result="changed",source="good"}') == 1
@@ -114,6 +118,50 @@ class TestHealth:
         assert second.sources()["code"]["revision"] == head
         assert (tmp_path / "shared-root" / "code" / "README.md").is_file()
         assert second.request("/readyz")[0] == 200
+
+
+class TestTimeouts:
+    """A pull ended by the per-pull ``timeout`` is recorded like any other failure."""
+
+    def test_status_and_sources_agree_after_a_timeout(
+        self,
+        start_daemon: DaemonFactory,
+        git_http_server: GitHTTPServer,
+        upstream_repo: UpstreamRepoFactory,
+        fault_proxy: Callable[[int], FaultProxy],
+    ) -> None:
+        """After a stalled pull times out, ``status --json`` and ``/sources`` say the same.
+
+        The git server is reached through a proxy that stops answering; the long backoff
+        keeps the next attempt from changing the state while both are read.
+        """
+        repo = upstream_repo()
+        proxy = fault_proxy(git_http_server.port)
+        credentials = 'credentials = { username = "alice", token = { env = "STALL_TOKEN" } }'
+        daemon = start_daemon(
+            'root = "{root}"\nbackoff_initial = 60\nbackoff_max = 60\n'
+            + git_source(
+                f"{proxy.url}/{repo.relpath}",
+                "code",
+                f"pull_interval = 0.5\ntimeout = 1\n{credentials}",
+            ),
+            env={"STALL_TOKEN": git_http_server.password},
+            wait_ready=True,
+        )
+        proxy.set_mode("stall")
+        served = wait_for(
+            lambda: (entry := daemon.sources()["code"])["consecutive_failures"] and entry,
+            what="the timed-out pull",
+        )
+        assert "pull of code timed out after 1s; nothing was published" in served["last_error"]
+        result = cli("status", "--root", str(daemon.root), "--json")
+        assert result.returncode == 0, result.stderr
+        (recorded,) = json.loads(result.stdout)["sources"]
+        assert (recorded["last_error"], recorded["consecutive_failures"]) == (
+            served["last_error"],
+            served["consecutive_failures"],
+        )
+        assert recorded["revision"] == served["revision"] == repo.head()
 
 
 class TestSyncTriggers:
@@ -214,6 +262,27 @@ class TestLifecycle:
         assert (root / "code" / "README.md").is_file()
         assert leftovers(root, "code") == []
 
+    def test_http_port_in_use_is_one_line_and_exit_2(
+        self, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """A taken port is a settings problem: one line naming it, exit 2, nothing published.
+
+        Exit 2 is what a systemd unit's ``RestartPreventExitStatus=2`` stops a restart
+        loop on.
+        """
+        repo = upstream_repo()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind((LOOPBACK, 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            config = config_file(tmp_path, git_source(repo.file_url, "code"), port=port)
+            result = cli("run", "--config", str(config), timeout=30)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"runner-storage: cannot listen on {LOOPBACK}:{port}: ")
+        assert "http_port" in line
+        assert not (tmp_path / "root" / "code").exists()
+
     def test_max_failures_exits_non_zero(self, start_daemon: DaemonFactory, tmp_path: Path) -> None:
         """A source that reaches max_failures makes the daemon exit 1, for a restart."""
         missing = (tmp_path / "missing.git").as_uri()
@@ -230,21 +299,22 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, str | None]]]]:
     """A loopback HTTP server collecting JSON POST bodies."""
     received: list[dict[str, str | None]] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers["Content-Length"])
             received.append(json.loads(self.rfile.read(length)))
             self.send_response(204)
             self.end_headers()
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Keep the test output quiet."""
+    with serving("webhook", Handler) as base:
+        yield f"{base}/hook", received
 
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    handle = ThreadedHTTPServerHandle("webhook", server)
-    handle.start()
-    yield f"http://{LOOPBACK}:{server.server_address[1]}/hook", received
-    handle.stop()
+
+def config_file(tmp_path: Path, body: str, *, port: int = 0) -> Path:
+    """A config for ``runner-storage`` run directly (not by ``start_daemon``)."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'root = "{tmp_path / "root"}"\nhttp_port = {port}\n{body}')
+    return path
 
 
 class TestHooks:
@@ -283,6 +353,10 @@ class TestHooks:
         )
         assert published_revision(daemon, "code") == first
         assert not (daemon.root / "code" / "BROKEN").exists()
+        # A refused version is the source's doing, not the local disk's.
+        failed = [e for e in daemon.events("sync_failed") if "pre-publish check" in e["error"]]
+        assert failed
+        assert {e["error_type"] for e in failed} == {"CheckFailedError"}
 
     def test_exec_and_webhook_after_publish(
         self,
@@ -317,6 +391,41 @@ class TestHooks:
         assert revision == repo.head()
         assert token == "no-token"  # the daemon's own secrets stay out of hooks
         assert Path(cwd).resolve() == (daemon.root / "code").resolve()
+
+    def test_once_waits_for_the_post_publish_hooks(
+        self,
+        upstream_repo: UpstreamRepoFactory,
+        tmp_path: Path,
+        webhook_receiver: tuple[str, list[dict[str, str | None]]],
+    ) -> None:
+        """``run --once`` (an init container) exits 0 only after the exec hook and webhook ran.
+
+        The exec hook sleeps before it writes its file, so an exit that does not wait for
+        it leaves no file, and the webhook (posted after it) is never received.
+        """
+        url, received = webhook_receiver
+        repo = upstream_repo()
+        marker = tmp_path / "hook.out"
+        command = f"sh -c 'sleep 1; echo $RUNNER_STORAGE_NEW_REVISION > {marker}'"
+        hooks = f'hooks = {{ exec = "{command}", webhook = "{url}" }}'
+        config = config_file(tmp_path, git_source(repo.file_url, "code", hooks))
+        result = cli("run", "--once", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert marker.read_text().split() == [repo.head()]
+        assert [body["new_revision"] for body in received] == [repo.head()]
+
+    def test_once_exits_1_when_a_post_publish_hook_fails(
+        self, upstream_repo: UpstreamRepoFactory, tmp_path: Path
+    ) -> None:
+        """A failed exec hook makes ``run --once`` exit 1, as git-sync's one-time mode does."""
+        repo = upstream_repo()
+        hooks = "hooks = { exec = \"sh -c 'sleep 0.5; exit 3'\", retries = 0 }"
+        config = config_file(tmp_path, git_source(repo.file_url, "code", hooks))
+        result = cli("run", "--once", "--config", str(config))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert (tmp_path / "root" / "code" / "README.md").is_file()
+        failed = [json.loads(line) for line in result.stdout.splitlines() if "hook_failed" in line]
+        assert [(event["hook"], event["source"]) for event in failed] == [("exec", "code")]
 
 
 class TestSystemd:
