@@ -24,6 +24,7 @@ from remote_sources import (
     TREE,
     AzureSource,
     CountingMemoryFileSystem,
+    HTTPSource,
     MemorySource,
     S3Source,
     Source,
@@ -37,6 +38,7 @@ from remote_sources import (
     upload,
 )
 from servers.azurite import AzuriteServer
+from servers.http_files import HTTPFileServer
 
 from runner_storage.exceptions import (
     AuthenticationError,
@@ -45,6 +47,7 @@ from runner_storage.exceptions import (
     MissingDependencyError,
     NotFoundError,
     PublishError,
+    SourceError,
     TransientSourceError,
     UnsafeContentError,
 )
@@ -301,6 +304,25 @@ class TestHostileKeys:
 
 class TestUpstreamChangesDuringPull:
     """An object that changes between the listing and its download never gets published."""
+
+    @pytest.mark.parametrize(("status", "error"), [(404, TransientSourceError), (500, SourceError)])
+    def test_a_subfolder_that_fails_to_list_drops_no_file(
+        self, status: int, error: type[Exception], http_file_server: HTTPFileServer, base: Path
+    ) -> None:
+        """A subfolder whose listing fails while its parent lists it fails the pull.
+
+        Read as empty, its files would look deleted upstream and vanish from the tree.
+        """
+        source = HTTPSource(http_file_server)
+        upload(source, TREE)
+        storage = source.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        published = tree(storage.destination)
+        with http_file_server.answering(status, "/flows/sub/"), pytest.raises(error):
+            pull(storage)
+        assert tree(storage.destination) == published
+        assert "sub/deep/c.cfg" in published
 
     @pytest.mark.parametrize("kind", ["s3", "memory"])
     def test_size_change_while_downloading_publishes_nothing(

@@ -16,7 +16,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.asyn import sync as run_on_loop
 from fsspec.spec import AbstractFileSystem
 
-from runner_storage.exceptions import SourceError
+from runner_storage.exceptions import SourceError, TransientSourceError
 from runner_storage.fs import ftp
 from runner_storage.fs.entries import Entry, is_directory_marker, safe_relative_path
 
@@ -69,11 +69,7 @@ def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
         path = unquote(path)
         found = ftp.list_ftp(fs, path)
     else:
-        kwargs: dict[str, Any] = {}
-        if _generic_find(fs):
-            # The generic walker swallows listing errors (a 403 would read as "empty").
-            kwargs["on_error"] = "raise"
-        found = fs.find(path, detail=True, **kwargs)
+        found = _find_raising(fs, path) if _generic_find(fs) else fs.find(path, detail=True)
     if isinstance(found, list):
         # adlfs answers a blob's own URL with a list of names, whatever ``detail`` says.
         found = {name: fs.info(name) for name in found}
@@ -115,6 +111,44 @@ def _is_http(fs: AbstractFileSystem) -> bool:
 
 def _same(text: str) -> str:
     return text
+
+
+def _find_raising(fs: AbstractFileSystem, path: str) -> dict[str, Any]:
+    """The generic ``find`` of fsspec, except that a folder that cannot be listed fails.
+
+    fsspec's generic walk (file://, memory://, http(s)://, sftp://...) leaves out a folder
+    whose listing fails, and its ``on_error="raise"`` reaches the top folder only: a
+    subfolder that answered 404 or "permission denied" once would read as empty, and its
+    files as deleted upstream.
+
+    Raises:
+        TransientSourceError: a subfolder vanished between its parent's listing and its own.
+        Exception: whatever the filesystem raised listing a folder.
+    """
+    found: dict[str, Any] = {}
+    top = path.rstrip("/")
+    pending, seen = [path], {top}
+    while pending:
+        folder = pending.pop()
+        try:
+            listing = fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            if folder == path:
+                raise
+            raise TransientSourceError(
+                f"the folder {folder!r} vanished while its parent was being listed: the next"
+                " pull lists again (nothing was published)"
+            ) from None
+        for info in listing:
+            name = str(info["name"]).rstrip("/")
+            if info.get("type") != "directory":
+                found[info["name"]] = info
+            elif name not in seen:  # a link back up (HTTP pages) is listed once
+                seen.add(name)
+                pending.append(info["name"])
+    if not found and fs.isfile(path):
+        found[path] = {}  # the URL names one object; its details are completed below
+    return found
 
 
 def _generic_find(fs: AbstractFileSystem) -> bool:

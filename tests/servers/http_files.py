@@ -6,6 +6,7 @@ ranges (fsspec reads blocks with ``Range``), and records every request.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -42,14 +43,25 @@ class _Handler(SimpleHTTPRequestHandler):
         with owner.lock:
             owner.requests.append((self.command, unquote(urlsplit(self.path).path)))
 
+    def _overridden(self) -> bool:
+        """Answer with the status set by :meth:`HTTPFileServer.answering`, if any."""
+        status = self.server.owner.overrides.get(unquote(urlsplit(self.path).path))
+        if status is None:
+            return False
+        self.send_error(status)
+        return True
+
     def do_HEAD(self) -> None:
         """Answer a HEAD request (recorded)."""
         self._record()
-        super().do_HEAD()
+        if not self._overridden():
+            super().do_HEAD()
 
     def do_GET(self) -> None:
         """Answer a GET request (recorded), honouring a single ``Range: bytes=a-b``."""
         self._record()
+        if self._overridden():
+            return
         spec = self.headers.get("Range")
         path = Path(self.translate_path(self.path))
         match = _RANGE.match(spec.strip()) if spec else None
@@ -90,6 +102,7 @@ class HTTPFileServer:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[tuple[str, str]] = []
+        self.overrides: dict[str, int] = {}
         self.lock = threading.Lock()
         server = _Server((LOOPBACK, 0), partial(_Handler, directory=os.fspath(root)))
         server.owner = self
@@ -115,6 +128,15 @@ class HTTPFileServer:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data.encode() if isinstance(data, str) else data)
         return target
+
+    @contextlib.contextmanager
+    def answering(self, status: int, path: str) -> Iterator[None]:
+        """Answer every request for ``path`` (``/flows/sub/``) with ``status`` inside."""
+        self.overrides[path] = status
+        try:
+            yield
+        finally:
+            del self.overrides[path]
 
     def reset_requests(self) -> None:
         """Forget the recorded requests."""
