@@ -22,6 +22,7 @@ from runner_storage.exceptions import (
     CheckFailedError,
     ConfigurationError,
     CredentialsError,
+    DeploymentValidationError,
     DestinationConflictError,
     MissingDependencyError,
     NotFoundError,
@@ -37,7 +38,17 @@ from runner_storage.secrets import GitCredentials, Secret
 from runner_storage.types import RunnerStorage, SyncResult
 
 if TYPE_CHECKING:
-    from runner_storage.blocks import BlockStorageAdapter
+    from runner_storage.blocks import (
+        AzureBlobStorageBlock,
+        BlockStorageAdapter,
+        FileStorageBlock,
+        GoogleCloudStorageBlock,
+        KVServerStorageBlock,
+        LocalStorageBlock,
+        S3StorageBlock,
+        StorageBlock,
+        TempStorageBlock,
+    )
     from runner_storage.git import GitRepository
     from runner_storage.remote import RemoteStorage
 
@@ -45,23 +56,32 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "AzureBlobStorageBlock",
     "BlockStorageAdapter",
     "CheckFailedError",
     "ConfigurationError",
     "CredentialsError",
+    "DeploymentValidationError",
     "DestinationConflictError",
+    "FileStorageBlock",
     "GitCredentials",
     "GitRepository",
+    "GoogleCloudStorageBlock",
+    "KVServerStorageBlock",
     "LocalStorage",
+    "LocalStorageBlock",
     "MissingDependencyError",
     "NotFoundError",
     "PublishError",
     "RemoteStorage",
     "RunnerStorage",
     "RunnerStorageError",
+    "S3StorageBlock",
     "Secret",
     "SourceError",
+    "StorageBlock",
     "SyncResult",
+    "TempStorageBlock",
     "TransientSourceError",
     "UnsafeContentError",
     "classify_source",
@@ -70,10 +90,23 @@ __all__ = [
 
 _moved.install()
 
+#: Prefect 2.0's storage blocks, importable from here as from runner_storage.blocks.
+STORAGE_BLOCKS = (
+    "AzureBlobStorageBlock",
+    "FileStorageBlock",
+    "GoogleCloudStorageBlock",
+    "KVServerStorageBlock",
+    "LocalStorageBlock",
+    "S3StorageBlock",
+    "StorageBlock",
+    "TempStorageBlock",
+)
+
 _lazy_getattr, __dir__ = lazy_exports(
     __name__,
     {
         "BlockStorageAdapter": "runner_storage.blocks.adapter",
+        **dict.fromkeys(STORAGE_BLOCKS, "runner_storage.blocks"),
         "GitRepository": "runner_storage.git.repository",
         "RemoteStorage": "runner_storage.remote.storage",
     },

@@ -4,7 +4,8 @@
 RunnerStorageError                  root: catch this to catch everything we raise
 ├── ConfigurationError (ValueError)  bad input; retrying will not help; fix the settings
 │   ├── CredentialsError             a secret is missing: unset variable, unreadable file
-│   └── MissingDependencyError       a protocol needs an extra that is not installed
+│   ├── MissingDependencyError       a protocol needs an extra that is not installed
+│   └── DeploymentValidationError    a deployment cannot work with its storage
 ├── SourceError                      the upstream side failed
 │   ├── TransientSourceError         network, 5xx, timeouts: retry with backoff
 │   ├── AuthenticationError          credentials were rejected or are needed
@@ -34,6 +35,7 @@ __all__ = [
     "CheckFailedError",
     "ConfigurationError",
     "CredentialsError",
+    "DeploymentValidationError",
     "DestinationConflictError",
     "MissingDependencyError",
     "NotFoundError",
@@ -77,6 +79,13 @@ class CredentialsError(ConfigurationError):
 
 class MissingDependencyError(ConfigurationError, ImportError):
     """A protocol needs a package that is not installed; the message names the extra."""
+
+
+class DeploymentValidationError(ConfigurationError):
+    """A deployment cannot work with the storage it was given (a packager's check).
+
+    As Prefect's: local storage for infrastructure that runs elsewhere, or no storage.
+    """
 
 
 class SourceError(RunnerStorageError):

@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from runner_storage.exceptions import one_line
+from service.options import HookSettings, SecretRef, comma_list
 from service.problems import (
     ENV_PREFIX,
     KIND_ERRORS,
@@ -39,17 +40,10 @@ from service.problems import (
     format_location,
     problem,
 )
-from service.sources import (
-    HookSettings,
-    SecretRef,
-    SourceBase,
-    SourceSettings,
-    comma_list,
-    parse_source,
-)
+from service.sources import SourceBase, SourceSettings, parse_source
 
-# HookSettings, SecretRef and SourceSettings moved to service.sources with the models of
-# each kind; they stay importable from here.
+# HookSettings and SecretRef (service.options) and SourceSettings (service.sources) stay
+# importable from here.
 __all__ = [
     "DaemonSettings",
     "HookSettings",

@@ -108,9 +108,12 @@ def describe_source_error(
         return [(*_unclassified(entry), SOURCE_KIND_ERROR)]
     option = str(where[0]) if len(where) == 1 else ""
     kinds = [kind for kind, model in MODELS.items() if option in model.model_fields]
+    # A source given by its URL is named the URL kinds that take the option; a kind that
+    # no URL describes (block) only when none of those does.
+    kinds = [kind for kind in kinds if MODELS[kind].described_by_source] or kinds
     if error["type"] != "extra_forbidden" or not kinds:
         return [(where, pydantic_message(error), error["type"])]
-    source = entry.get("source") if isinstance(entry, Mapping) else None
+    source = _where(entry)
     which = repr(strip_url_credentials(source)) if isinstance(source, str) else "this source"
     message = f"only applies to {' and '.join(kinds)} sources, and {which} is {tag}"
     value = entry.get(option) if isinstance(entry, Mapping) else None
@@ -142,11 +145,18 @@ def _entry(values: Mapping[str, Any], index: int) -> Any:
     return sources[index] if isinstance(sources, list) and index < len(sources) else None
 
 
+def _where(entry: Any) -> Any:
+    """What names the place of ``entry``: its ``source``, or a block's ``basepath``."""
+    if not isinstance(entry, Mapping):
+        return None
+    return entry.get("source", entry.get("basepath"))
+
+
 def _value_problems(option: str, value: Any) -> list[tuple[Location, str]]:
     """What is wrong with ``value`` as ``option`` of the first kind that has it."""
     model = next(m for m in MODELS.values() if option in m.model_fields)
     try:
-        model.model_validate({"source": "placeholder", option: value})
+        model.model_validate({**model.placeholder(), option: value})
     except ValidationError as exc:
         return [
             (tuple(error["loc"]), pydantic_message(error))
@@ -162,7 +172,10 @@ def _unclassified(entry: Any) -> tuple[Location, str]:
         return (), "should be a table with at least source = ..."
     kind = entry.get("kind", "auto")
     if kind != "auto" and kind not in MODELS:
-        return ("kind",), "Input should be 'auto', 'git', 'remote' or 'local'"
+        *others, last = (repr(k) for k in ("auto", *MODELS))
+        return ("kind",), f"Input should be {', '.join(others)} or {last}"
+    if "block" in entry and "source" not in entry:
+        return ("kind",), 'a source that names a block needs kind = "block" (add it)'
     source = entry.get("source")
     if source is None:
         return ("source",), "Field required (add it)"

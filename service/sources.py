@@ -1,5 +1,7 @@
 """The sources the daemon keeps in sync: one settings model per kind, joined in one union.
 
+The options every kind shares (secrets, credentials, hooks) are in :mod:`service.options`.
+
 :data:`SourceSettings` is discriminated on the source kind: ``kind`` when it is given,
 otherwise what :func:`runner_storage.classify_source` says of ``source``, so a source
 means the same storage to the daemon as to ``create_storage_from_source``. Each model
@@ -12,28 +14,32 @@ kinds.
 from __future__ import annotations
 
 import abc
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
-    SecretStr,
     Tag,
     TypeAdapter,
-    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from runner_storage.exceptions import ConfigurationError
 from runner_storage.factory import SourceKind, classify_source
-from runner_storage.secrets import DESCEND, Secret, strip_url_credentials, walk
+from runner_storage.secrets import strip_url_credentials
+from service.options import (
+    GitCredentialSettings,
+    HookSettings,
+    SecretRef,
+    Strict,
+    comma_list,
+    refuse_url_credentials,
+    secret_tables,
+)
 
 if TYPE_CHECKING:
     from runner_storage.local import LocalStorage
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SOURCE_KIND_ERROR",
+    "BlockSource",
     "GitCredentialSettings",
     "GitSource",
     "HookSettings",
@@ -56,106 +63,17 @@ __all__ = [
 SOURCE_KIND_ERROR = "source_kind"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(_Strict):
-    """Where a secret comes from: exactly one of ``env``, ``file`` or ``value``.
-
-    ``name`` is the Prefect Secret block used as the pull-step placeholder.
-    """
-
-    env: str | None = None
-    file: Path | None = None
-    value: SecretStr | None = None
-    name: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, data: Any) -> Any:
-        # A bare string is a literal; discouraged, but what people write first.
-        if isinstance(data, str):
-            return {"value": data}
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SecretRef:
-        given = [k for k in ("env", "file", "value") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of env, file or value")
-        return self
-
-    def to_secret(self) -> Secret:
-        """The library secret this reference describes."""
-        if self.env is not None:
-            return Secret.from_env(self.env, name=self.name)
-        if self.file is not None:
-            return Secret.from_file(self.file, name=self.name)
-        assert self.value is not None  # noqa: S101 - guaranteed by _exactly_one
-        return Secret(self.value, name=self.name)
-
-
-class GitCredentialSettings(_Strict):
-    """Credentials for a git source: an optional username and a token."""
-
-    username: str | None = None
-    token: SecretRef
-
-
-def _split_command(value: Any) -> Any:
-    if isinstance(value, str):
-        return shlex.split(value)
-    return value
-
-
-def comma_list(value: Any) -> Any:
-    """``"flows, lib"`` (from an environment variable) as a list; lists pass through."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class HookSettings(_Strict):
-    """What runs around a publish.
-
-    Attributes:
-        check: a command run inside the new version before it is published; publish only
-            if it exits 0.
-        exec: a command run after each publish, with ``RUNNER_STORAGE_*`` variables.
-        webhook: a URL that receives a JSON POST after each publish.
-        timeout: seconds each hook may take.
-        retries: extra attempts for ``exec`` and ``webhook`` after a failure.
-    """
-
-    check: list[str] | None = None
-    exec: list[str] | None = None
-    webhook: str | None = None
-    timeout: float = Field(default=60.0, gt=0)
-    retries: int = Field(default=2, ge=0)
-
-    _split = field_validator("check", "exec", mode="before")(_split_command)
-
-    @field_validator("webhook")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook must be an http:// or https:// URL")
-        return value
-
-    def configured(self) -> bool:
-        """Whether any hook is configured."""
-        return bool(self.check or self.exec or self.webhook)
-
-
-class SourceBase(_Strict, abc.ABC):
+class SourceBase(Strict, abc.ABC):
     """What every source has, whatever its kind.
 
     ``kind`` is the resolved kind (``auto`` is replaced by the model's own). The subclass
     of each kind adds its options and builds its storage.
     """
 
-    kind: SourceKind
+    #: Whether ``source`` describes a source of this kind (False: it is derived).
+    described_by_source: ClassVar[bool] = True
+
+    kind: SourceKind | Literal["block"]
     name: str | None = None
     source: str = Field(min_length=1)
     pull_interval: float | None = Field(default=60.0, gt=0)
@@ -169,6 +87,11 @@ class SourceBase(_Strict, abc.ABC):
     def _resolve_auto(cls, value: Any) -> Any:
         # The discriminator chose this model for "auto": record what it chose.
         return cls.model_fields["kind"].default if value == "auto" else value
+
+    @classmethod
+    def placeholder(cls) -> dict[str, Any]:
+        """The least a valid source of this kind holds, to check one option's value alone."""
+        return {"source": "placeholder"}
 
     @property
     def staleness_limit(self) -> float | None:
@@ -261,11 +184,7 @@ class RemoteSource(SourceBase):
     kind: Literal["remote"] = "remote"
     settings: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("settings")
-    @classmethod
-    def _secret_tables(cls, value: dict[str, Any]) -> dict[str, Any]:
-        converted: dict[str, Any] = walk(value, _secret_table)
-        return converted
+    _secret_tables = field_validator("settings")(secret_tables)
 
     def fsspec_settings(self) -> dict[str, Any]:
         """The fsspec settings, with each ``{env=...}`` / ``{file=...}`` table a Secret."""
@@ -274,12 +193,7 @@ class RemoteSource(SourceBase):
     def _new_storage(self, retention: dict[str, Any]) -> ManagedStorage | LocalStorage:
         from runner_storage.remote import RemoteStorage  # noqa: PLC0415 - fsspec is heavy
 
-        if urlsplit(self.source).password is not None:
-            raise ConfigurationError(
-                f"source URL {self.shown()!r} has credentials in it: remove them from the URL"
-                ' and give them as settings, e.g. secret = { env = "VAR" }, so they never'
-                " reach files or logs"
-            )
+        refuse_url_credentials(self.source)
         settings = self.fsspec_settings()
         return RemoteStorage(
             self.target(), pull_interval=self.pull_interval, name=self.name, **retention, **settings
@@ -323,11 +237,84 @@ class LocalSource(SourceBase):
         return LocalStorage(self.target(), pull_interval=self.pull_interval)
 
 
+class BlockSource(SourceBase):
+    """A filesystem block, pulled through ``BlockStorageAdapter``.
+
+    ``block`` names the class and the other options are its arguments: ``basepath``, and
+    for ``RemoteFileSystem`` its ``settings`` (secret tables as for remote sources).
+    ``from_path`` is the folder inside the block to pull (default: all of it). A block
+    source needs a ``name``: a block has no URL to derive one from. ``source`` is not
+    given; it is the basepath, as the daemon shows the source.
+    """
+
+    described_by_source: ClassVar[bool] = False
+
+    kind: Literal["block"] = "block"
+    name: str = Field(min_length=1)
+    block: Literal["LocalFileSystem", "RemoteFileSystem"]
+    basepath: str = Field(min_length=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    from_path: str | None = None
+
+    _secret_tables = field_validator("settings")(secret_tables)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_is_the_basepath(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        if "source" in data:
+            raise ValueError(
+                "source does not apply to block sources: the block's basepath says where the"
+                " code is; remove source"
+            )
+        basepath = data.get("basepath")
+        # Only basepath's own problems are reported when it is missing or not text.
+        return {**data, "source": basepath if isinstance(basepath, str) and basepath else "block"}
+
+    @field_validator("settings")
+    @classmethod
+    def _remote_only(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if value and info.data.get("block") == "LocalFileSystem":
+            raise ValueError("only applies to RemoteFileSystem blocks; LocalFileSystem takes none")
+        return value
+
+    @classmethod
+    def placeholder(cls) -> dict[str, Any]:
+        """The least a valid block source holds."""
+        return {"block": "LocalFileSystem", "basepath": "placeholder", "name": "placeholder"}
+
+    def _new_storage(self, retention: dict[str, Any]) -> ManagedStorage | LocalStorage:
+        # The block family and fsspec, only when a block source is built.
+        from runner_storage.blocks.adapter import BlockStorageAdapter  # noqa: PLC0415
+        from runner_storage.blocks.filesystems import (  # noqa: PLC0415
+            LocalFileSystem,
+            RemoteFileSystem,
+        )
+
+        block: LocalFileSystem | RemoteFileSystem
+        if self.block == "RemoteFileSystem":
+            refuse_url_credentials(self.basepath)
+            block = RemoteFileSystem(self.basepath, settings=self.settings)
+        else:
+            block = LocalFileSystem(self.basepath)
+        if self.from_path is not None:
+            block.resolve_path(self.from_path)  # a from_path out of the block: refused now
+        return BlockStorageAdapter(
+            block,
+            pull_interval=self.pull_interval,
+            name=self.name,
+            from_path=self.from_path,
+            **retention,
+        )
+
+
 #: The model of each kind, by its tag. A new kind: its model here and in SourceSettings.
 MODELS: dict[str, type[SourceBase]] = {
     "git": GitSource,
     "remote": RemoteSource,
     "local": LocalSource,
+    "block": BlockSource,
 }
 
 
@@ -353,7 +340,8 @@ def _source_kind(value: Any) -> str | None:
 SourceSettings = Annotated[
     Annotated[GitSource, Tag("git")]
     | Annotated[RemoteSource, Tag("remote")]
-    | Annotated[LocalSource, Tag("local")],
+    | Annotated[LocalSource, Tag("local")]
+    | Annotated[BlockSource, Tag("block")],
     Discriminator(
         _source_kind,
         custom_error_type=SOURCE_KIND_ERROR,
@@ -373,18 +361,3 @@ def parse_source(data: Any) -> SourceBase:
     """
     source: SourceBase = _ADAPTER.validate_python(data)
     return source
-
-
-_SECRET_KEYS = frozenset({"env", "file", "value", "name"})
-
-
-def _secret_table(value: Any, _key: str | None, path: str) -> Any:
-    """A ``{ env | file | value [, name] }`` table as a Secret; descend into anything else."""
-    if not (isinstance(value, Mapping) and value and set(value) <= _SECRET_KEYS):
-        return DESCEND
-    try:
-        return SecretRef.model_validate(value).to_secret()
-    except ValidationError as exc:
-        # The message only, never the input: the table may hold a literal secret.
-        reason = exc.errors(include_url=False, include_input=False)[0]["msg"]
-        raise ValueError(f"at {path}: {reason.removeprefix('Value error, ')}") from None

@@ -18,6 +18,7 @@ pytest_plugins = [
     "servers.azurite",
     "servers.ftp",
     "servers.http_files",
+    "servers.kv",
     "servers.fault_proxy",
     "daemon_process",
     "remote_sources",

@@ -41,6 +41,13 @@ def cli(
     )
 
 
+def config_file(tmp_path: Path, body: str) -> Path:
+    """A config with its root under ``tmp_path``, HTTP off, and ``body`` appended."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'root = "{tmp_path / "root"}"\nhttp_port = 0\n{body}')
+    return path
+
+
 @dataclass
 class RunningDaemon:
     """A ``runner-storage run`` subprocess and ways to talk to it."""

@@ -17,12 +17,25 @@ from runner_storage import RunnerStorage
 from runner_storage.git import GitRepository
 from runner_storage.remote import RemoteStorage
 
+#: Prefect 2.0's storage blocks, loaded on first use.
+STORAGE_BLOCKS = (
+    "AzureBlobStorageBlock",
+    "FileStorageBlock",
+    "GoogleCloudStorageBlock",
+    "KVServerStorageBlock",
+    "LocalStorageBlock",
+    "S3StorageBlock",
+    "StorageBlock",
+    "TempStorageBlock",
+)
+
 PUBLIC_NAMES = {
     "AuthenticationError",
     "BlockStorageAdapter",
     "CheckFailedError",
     "ConfigurationError",
     "CredentialsError",
+    "DeploymentValidationError",
     "DestinationConflictError",
     "GitCredentials",
     "GitRepository",
@@ -40,6 +53,7 @@ PUBLIC_NAMES = {
     "UnsafeContentError",
     "classify_source",
     "create_storage_from_source",
+    *STORAGE_BLOCKS,
 }
 
 HEAVY_MODULES = (
@@ -74,7 +88,11 @@ class TestPublicNames:
         assert runner_storage.__all__ == sorted(runner_storage.__all__)
 
     @pytest.mark.parametrize(
-        "name", sorted(PUBLIC_NAMES - {"BlockStorageAdapter", "GitRepository", "RemoteStorage"})
+        "name",
+        sorted(
+            PUBLIC_NAMES
+            - {"BlockStorageAdapter", "GitRepository", "RemoteStorage", *STORAGE_BLOCKS}
+        ),
     )
     def test_eager_names_exist(self, name: str) -> None:
         """Every name imported at package import is there."""
@@ -82,10 +100,14 @@ class TestPublicNames:
 
     @pytest.mark.parametrize(
         ("name", "module"),
-        [("GitRepository", "runner_storage.git"), ("RemoteStorage", "runner_storage.remote")],
+        [
+            ("GitRepository", "runner_storage.git"),
+            ("RemoteStorage", "runner_storage.remote"),
+            *((name, "runner_storage.blocks.storage") for name in STORAGE_BLOCKS),
+        ],
     )
     def test_lazy_names_resolve_to_their_class(self, name: str, module: str) -> None:
-        """GitRepository and RemoteStorage load on first access and are the real classes."""
+        """The storages and storage blocks load on first access and are the real classes."""
         implementation = importlib.import_module(module)
         assert getattr(runner_storage, name) is getattr(implementation, name)
         assert name in dir(runner_storage)
@@ -131,7 +153,7 @@ class TestPublicNames:
     def test_exceptions_share_one_root(self) -> None:
         """Every exported error derives from RunnerStorageError."""
         errors = [getattr(runner_storage, n) for n in PUBLIC_NAMES if n.endswith("Error")]
-        assert len(errors) == 12
+        assert len(errors) == 13
         for error in errors:
             assert issubclass(error, runner_storage.RunnerStorageError)
         assert issubclass(runner_storage.ConfigurationError, ValueError)

@@ -15,20 +15,13 @@ from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from daemon_process import cli
+from daemon_process import cli, config_file
 from http_peers import QuietHandler, serving
 from servers.gitrepo import UpstreamRepoFactory
 
 from runner_storage import GitRepository, create_storage_from_source
 
 TOKEN = "listed-token-0123"
-
-
-def config_file(tmp_path: Path, body: str) -> Path:
-    """A config with its root under ``tmp_path`` and ``body`` appended."""
-    path = tmp_path / "config.toml"
-    path.write_text(f'root = "{tmp_path / "root"}"\nhttp_port = 0\n{body}')
-    return path
 
 
 def sources(*urls: str) -> str:

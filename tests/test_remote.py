@@ -347,6 +347,29 @@ class TestUpstreamChangesDuringPull:
         assert tree(live) == {"a.txt": b"alpha\n", "b.txt": b"b\n"}
         assert leftovers(base, storage) == []
 
+    @pytest.mark.parametrize("kind", ["s3", "gs", "az"])
+    def test_same_size_rewrite_after_listing_is_caught_by_the_listed_md5(
+        self, kind: str, request: pytest.FixtureRequest, tmp_path: Path, base: Path
+    ) -> None:
+        """A same-size rewrite between listing and download fails the pull; nothing shows.
+
+        S3, GCS and Azure listings promise each object's MD5, which the download must have.
+        """
+        source = make_source(kind, request, tmp_path)
+        upload(source, {"flows/a.txt": b"alpha\n", "flows/b.txt": b"b-one\n"})
+        storage = source.storage()
+        storage.set_base_path(base)
+        pull(storage)
+        live = storage.destination.resolve()
+        source.put("flows/b.txt", b"b-two\n")
+
+        with pytest.raises(TransientSourceError, match="does not match the listed checksum"):
+            sync_racing(storage, lambda: source.put("flows/b.txt", b"b-3x3\n"))
+
+        assert storage.destination.resolve() == live
+        assert tree(live) == {"a.txt": b"alpha\n", "b.txt": b"b-one\n"}
+        assert leftovers(base, storage) == []
+
     def test_object_deleted_while_downloading_is_transient(self, s3: S3Source, base: Path) -> None:
         """An object deleted after the listing fails the pull as transient; nothing appears."""
         upload(s3, {"flows/a.txt": b"alpha\n", "flows/b.txt": b"b\n"})

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -372,6 +374,68 @@ class TestCanaryNeverLeaks:
             assert daemon.wait_exit() == 0
         scanner.add("daemon output", daemon.process.output())
         scanner.add_tree(daemon.root)
+        assert scanner.leaks() == []
+
+    def test_blocks_and_packages(
+        self, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Storage blocks, filesystem blocks and packages: the secret shows nowhere.
+
+        With the real S3 secret and a wrong one, through a package, an upload and three
+        failures: no error, traceback, repr, manifest, pull step, file or output holds it.
+        """
+        import anyio
+
+        from runner_storage import Secret
+        from runner_storage.blocks import RemoteFileSystem, S3StorageBlock
+        from runner_storage.exceptions import RunnerStorageError
+        from runner_storage.packaging import DeploymentSpec, ScriptPackager
+
+        flow = tmp_path / "project" / "etl.py"
+        flow.parent.mkdir()
+        flow.write_text("print('etl')\n")
+        with s3_server.enable_auth() as (key, secret):
+            scanner = Scanner([secret, WRONG])
+            bucket = s3_server.new_bucket("blocks")
+            monkeypatch.setenv("RS_TEST_BLOCK_SECRET", secret)
+
+            def s3(value: object) -> S3StorageBlock:
+                return S3StorageBlock(
+                    bucket,
+                    aws_access_key_id=key,
+                    aws_secret_access_key=value,
+                    endpoint_url=s3_server.endpoint_url,
+                )
+
+            good = s3(Secret.from_env("RS_TEST_BLOCK_SECRET"))
+            spec = DeploymentSpec("etl", str(flow), infrastructure="kubernetes-job")
+            manifest = anyio.run(ScriptPackager(good).package, spec)
+            scanner.add("manifest", json.dumps(manifest.to_dict()))
+            scanner.add("pull step", json.dumps(manifest.to_pull_step()))
+            scanner.add("repr", repr(good) + repr(s3(secret)))
+            settings = {"key": key, "secret": Secret.from_env("RS_TEST_BLOCK_SECRET"),
+                        "client_kwargs": {"endpoint_url": s3_server.endpoint_url}}  # fmt: skip
+            filesystem = RemoteFileSystem(f"s3://{bucket}/fs", settings=settings)
+            filesystem.put_directory(str(flow.parent), "up")
+            scanner.add("filesystem repr", repr(filesystem))
+            failures: list[Callable[[], object]] = [
+                lambda: anyio.run(s3(WRONG).write, b"data"),
+                lambda: anyio.run(s3(secret).read, "missing-key"),
+                lambda: RemoteFileSystem(
+                    f"s3://{bucket}/fs", settings={**settings, "secret": WRONG}
+                ).read_path("up/etl.py"),
+            ]
+            for index, fail in enumerate(failures):
+                with pytest.raises(RunnerStorageError) as caught:
+                    fail()
+                chain = "".join(traceback.format_exception(caught.value))
+                scanner.add(f"failure {index}", chain + repr(caught.value))
+            env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+                   "AWS_ENDPOINT_URL": s3_server.endpoint_url}  # fmt: skip
+            packaged = cli("package", str(flow), "--storage", f"s3://{bucket}/pkg", env=env)
+            assert packaged.returncode == 0, packaged.stderr
+            scanner.add("package command", packaged.stdout + packaged.stderr)
+        scanner.add_tree(tmp_path)
         assert scanner.leaks() == []
 
     def test_s3_kill_mid_download(self, s3_server: S3Server, tmp_path: Path) -> None:

@@ -9,7 +9,11 @@
 * :mod:`~runner_storage.fs.listing` and :mod:`~runner_storage.fs.transfer`: one recursive
   listing, bounded concurrent downloads;
 * :mod:`~runner_storage.fs.errors`: third-party errors translated once;
-* :mod:`~runner_storage.fs.entries`: a listing's entries and the path checks (pure).
+* :mod:`~runner_storage.fs.entries`: a listing's entries and the path checks (pure);
+* :mod:`~runner_storage.fs.paths`: paths given under a base folder or URL, kept inside it;
+* :mod:`~runner_storage.fs.checksums`: the MD5 a listing promises, and content compared;
+* :mod:`~runner_storage.fs.ignore`: ignore rules in gitignore syntax, and the local tree
+  they filter.
 
 This package imports no storage family: ``remote/``, ``blocks/`` and ``snapshots/`` use it.
 Importing the package itself loads nothing; each module imports fsspec as it needs it.

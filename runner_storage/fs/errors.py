@@ -193,6 +193,7 @@ def translate_error(
     staging: Path | None = None,
     downloading: bool = False,
     settings: Iterable[str] = (),
+    doing: str = "pulling",
 ) -> tuple[RunnerStorageError, bool]:
     """Translate a filesystem error into ours, once, with a one-line redacted message.
 
@@ -204,6 +205,7 @@ def translate_error(
         downloading: whether the error happened while downloading listed objects (a
             missing object then means it changed upstream, which is transient).
         settings: the names of the source's settings, named when one of them is to blame.
+        doing: what was being done to ``where``, for the message (``pulling``, ``writing``).
 
     Returns:
         The error to raise, and whether chaining ``exc`` to it is safe (False when the
@@ -227,7 +229,7 @@ def translate_error(
     if kind is ConfigurationError:
         names = ", ".join(sorted(settings)) or "(none)"
         error = ConfigurationError(
-            f"pulling {where} failed ({detail}): the filesystem rejected the value of a"
+            f"{doing} {where} failed ({detail}): the filesystem rejected the value of a"
             f" setting; check the types and values of the settings: {names}"
         )
     elif kind is NotFoundError and downloading:
@@ -246,5 +248,5 @@ def translate_error(
             " again later"
         )
     else:
-        error = SourceError(f"pulling {where} failed ({detail})")
+        error = SourceError(f"{doing} {where} failed ({detail})")
     return error, not chain_may_leak(exc, redact)

@@ -7,6 +7,7 @@ file (a safe relative path, its size and a content token) and the remote name of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from fsspec.spec import AbstractFileSystem
 
 from runner_storage.exceptions import SourceError, TransientSourceError
 from runner_storage.fs import ftp
+from runner_storage.fs.checksums import listed_md5
 from runner_storage.fs.entries import Entry, is_directory_marker, safe_relative_path
 
 __all__ = ["TOKEN_FIELDS", "Listing", "list_tree"]
@@ -43,10 +45,15 @@ TOKEN_FIELDS = (
 
 @dataclass(frozen=True)
 class Listing:
-    """A resolved listing: the entries to publish and the remote name of each path."""
+    """A resolved listing: the entries to publish and the remote name of each path.
+
+    ``md5`` holds, by path, the hex MD5 of the content where the store's listing promises
+    one (:func:`~runner_storage.fs.checksums.listed_md5`).
+    """
 
     entries: tuple[Entry, ...]
     remote: Mapping[str, str]
+    md5: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
@@ -91,6 +98,8 @@ def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
     decode = unquote if _is_http(fs) else _same
     entries: list[Entry] = []
     remote: dict[str, str] = {}
+    md5: dict[str, str] = {}
+    protocols = _protocols(fs)
     for name, info in sorted(infos.items()):
         relative = safe_relative_path(decode(name), decode(prefix))
         size = info.get("size")
@@ -101,12 +110,18 @@ def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
             )
         entries.append(Entry(relative, size, _token(info)))
         remote[relative] = name
-    return Listing(tuple(entries), remote)
+        promised = listed_md5(protocols, info)
+        if promised is not None:
+            md5[relative] = promised
+    return Listing(tuple(entries), remote, md5)
+
+
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
+    return tuple(fs.protocol) if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
 
 
 def _is_http(fs: AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
-    return "http" in protocols
+    return "http" in _protocols(fs)
 
 
 def _same(text: str) -> str:

@@ -72,11 +72,11 @@ def is_known(protocol: str) -> bool:
     return protocol in fsspec.registry or protocol in known_implementations
 
 
-def check_protocol(url: str) -> str:
+def check_protocol(url: str, *, user: str = "RemoteStorage") -> str:
     """Return the protocol of ``url`` after checking that fsspec knows it.
 
     Cheap: the protocol's package, when it is one of runner-storage's extras, is looked
-    up, not imported.
+    up, not imported. ``user`` names what the URL was given to, in messages.
 
     Raises:
         MissingDependencyError: the protocol needs an extra that is not installed
@@ -86,11 +86,11 @@ def check_protocol(url: str) -> str:
             ``ftp://`` URL names no server.
     """
     if not isinstance(url, str) or not url.strip():
-        raise ConfigurationError("the RemoteStorage URL is empty: give one like s3://bucket/path")
+        raise ConfigurationError(f"the {user} URL is empty: give one like s3://bucket/path")
     try:
         scheme = urlsplit(url).scheme
     except ValueError as exc:
-        raise ConfigurationError(f"cannot parse the RemoteStorage URL: {exc}") from None
+        raise ConfigurationError(f"cannot parse the {user} URL: {exc}") from None
     if "::" in url.split("://", 1)[0]:
         raise ConfigurationError(
             f"chained fsspec URLs like {url.split('::', 1)[0]}::... are not supported: give"
@@ -98,16 +98,14 @@ def check_protocol(url: str) -> str:
         )
     if not scheme:
         raise ConfigurationError(
-            "the RemoteStorage URL has no scheme: give one like s3://bucket/path, or use"
+            f"the {user} URL has no scheme: give one like s3://bucket/path, or use"
             " LocalStorage for a local folder"
         )
     if scheme in _UNSUPPORTED:
-        raise ConfigurationError(
-            f"{scheme}:// is not supported by RemoteStorage: {_UNSUPPORTED[scheme]}"
-        )
+        raise ConfigurationError(f"{scheme}:// is not supported by {user}: {_UNSUPPORTED[scheme]}")
     if not is_known(scheme):
         raise ConfigurationError(
-            f"unknown protocol {scheme}:// for RemoteStorage: use one fsspec knows, such as"
+            f"unknown protocol {scheme}:// for {user}: use one fsspec knows, such as"
             " s3://, gs://, az://, https:// or memory://"
         )
     if scheme == ftp.PROTOCOL:

@@ -1,15 +1,23 @@
-"""Local trees: the containment check before a publish, and digests of files and trees."""
+"""Local trees: the containment check before a publish, digests, and atomic file writes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from runner_storage.exceptions import UnsafeContentError
 
-__all__ = ["check_contained", "file_digest", "tree_digest"]
+__all__ = [
+    "check_contained",
+    "file_digest",
+    "replace_atomically",
+    "tree_digest",
+    "write_file_atomic",
+]
 
 
 def check_contained(root: Path) -> None:
@@ -86,3 +94,47 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def replace_atomically(
+    path: str | os.PathLike[str], write: Callable[[str], object], *, executable: bool = False
+) -> None:
+    """Make the file at ``path`` anew so that no reader ever sees part of it.
+
+    ``write`` fills a temporary file beside ``path`` (given its name); it is flushed to
+    disk and renamed over ``path``, readable by all (``0644``, or ``0755`` when
+    ``executable``) less the process's umask. The parent folder is created if missing; on
+    failure the temporary is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.chmod(temporary, (0o755 if executable else 0o644) & ~_umask())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` at ``path`` atomically (see :func:`replace_atomically`)."""
+    replace_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would race threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022

@@ -157,7 +157,7 @@ class RemoteBackend:
         except Exception as exc:  # noqa: BLE001 - the one translation boundary
             self._raise_translated(exc, staging=staging, downloading=True)
         check_sizes(entries, [local for _, local in pairs], where=self._where)
-        self._check_checksums(entries, pairs)
+        self._check_checksums(entries, pairs, listing)
         try:
             for entry, (_, local) in zip(entries, pairs, strict=True):
                 os.rename(local, staging / entry.path)
@@ -165,9 +165,11 @@ class RemoteBackend:
         except OSError as exc:
             raise disk_error(f"cannot place downloads in {staging}", exc) from None
 
-    def _check_checksums(self, entries: list[Entry], pairs: list[tuple[str, str]]) -> None:
+    def _check_checksums(
+        self, entries: list[Entry], pairs: list[tuple[str, str]], listing: Listing
+    ) -> None:
         """Catch an object rewritten with the same size after the listing (see ``verify``)."""
-        suspects = unproven(self.protocol, entries, pairs)
+        suspects = unproven(entries, pairs, listing.md5)
         if not suspects:
             return
         try:

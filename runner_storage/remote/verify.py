@@ -1,26 +1,23 @@
 """Downloads re-checked against the listing before anything is published.
 
 An object can change between the listing and its download. Every download must have the
-listed size, and where the listing promises the content's MD5 (S3 single-part ETags, GCS
-``md5Hash``) the download must have that MD5, unless the object's ETag is still the
-listed one (SSE-KMS and SSE-C objects have ETags that are not MD5s). Anything else is a
-:class:`~runner_storage.exceptions.TransientSourceError`: the next pull lists again.
+listed size, and where the listing promises the content's MD5 (S3 single-part ETags,
+GCS ``md5Hash``, Azure ``content_md5``) the download must have that MD5, unless the
+object's ETag is still the listed one (SSE-KMS and SSE-C objects have ETags that are not
+MD5s). Anything else is a :class:`~runner_storage.exceptions.TransientSourceError`: the
+next pull lists again.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import os
-import string
 from collections.abc import Mapping, Sequence
 
 from runner_storage.exceptions import TransientSourceError
 from runner_storage.fs.entries import Entry
 from runner_storage.publish.tree import file_digest
 
-__all__ = ["check_sizes", "check_unchanged", "promised_md5", "unproven"]
+__all__ = ["check_sizes", "check_unchanged", "unproven"]
 
 
 def check_sizes(entries: Sequence[Entry], files: Sequence[str], *, where: str) -> None:
@@ -42,27 +39,18 @@ def check_sizes(entries: Sequence[Entry], files: Sequence[str], *, where: str) -
             )
 
 
-def promised_md5(protocol: str, token: str) -> str | None:
-    """The hex MD5 of the content a listing token stands for, where the store says so."""
-    if protocol in ("s3", "s3a") and token.startswith("ETag="):
-        value = token.removeprefix("ETag=").strip('"').lower()
-        if len(value) == 32 and all(c in string.hexdigits for c in value):
-            return value  # a multipart ETag ends in -N: not an MD5
-    if protocol in ("gs", "gcs") and token.startswith("md5Hash="):
-        with contextlib.suppress(ValueError, binascii.Error):
-            digest = base64.b64decode(token.removeprefix("md5Hash="), validate=True)
-            return digest.hex() if len(digest) == 16 else None
-    return None
-
-
 def unproven(
-    protocol: str, entries: Sequence[Entry], pairs: Sequence[tuple[str, str]]
+    entries: Sequence[Entry], pairs: Sequence[tuple[str, str]], listed_md5: Mapping[str, str]
 ) -> list[tuple[Entry, str]]:
-    """``(entry, remote name)`` of the downloads whose MD5 is not the one listed."""
+    """``(entry, remote name)`` of the downloads whose MD5 is not the one listed.
+
+    ``listed_md5`` is the listing's :attr:`~runner_storage.fs.listing.Listing.md5`: the MD5
+    S3 (single-part ETags), GCS (``md5Hash``) and Azure (``content_md5``) promise.
+    """
     return [
         (entry, remote)
         for entry, (remote, local) in zip(entries, pairs, strict=True)
-        if (promised := promised_md5(protocol, entry.token)) is not None
+        if (promised := listed_md5.get(entry.path)) is not None
         and file_digest(local, "md5") != promised
     ]
 

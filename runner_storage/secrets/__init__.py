@@ -31,6 +31,7 @@ from runner_storage.secrets.secret import (
     is_secret_like,
     placeholder_for,
     resolve_secret,
+    secret_from_placeholder,
     secret_str_value,
 )
 from runner_storage.secrets.walk import (
@@ -58,6 +59,7 @@ __all__ = [
     "redact",
     "resolve_secret",
     "resolve_settings",
+    "secret_from_placeholder",
     "secret_parts",
     "secret_str_value",
     "secret_values",

@@ -10,6 +10,7 @@ runner_storage`` does not pay for it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "is_secret_like",
     "placeholder_for",
     "resolve_secret",
+    "secret_from_placeholder",
     "secret_str_value",
 ]
 
@@ -186,4 +188,28 @@ def placeholder_for(value: SecretValue) -> str | None:
     block_placeholder = getattr(value, "get_block_placeholder", None)
     if callable(block_placeholder):
         return f"{{{{ {block_placeholder()} }}}}"
+    return None
+
+
+_ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_BLOCK_PLACEHOLDER = re.compile(r"\{\{\s*prefect\.blocks\.secret\.([\w-]+)\s*\}\}")
+
+
+def secret_from_placeholder(text: str) -> Secret | None:
+    """The secret a pull-step placeholder stands for, the inverse of :meth:`Secret.placeholder`.
+
+    ``{{ $VAR }}`` is :meth:`Secret.from_env`; any other text is no placeholder (None): a
+    value Prefect already put in its place, or a literal.
+
+    Raises:
+        CredentialsError: ``{{ prefect.blocks.secret.NAME }}``, which only Prefect resolves
+            (its worker does, before a step runs).
+    """
+    if (env := _ENV_PLACEHOLDER.fullmatch(text.strip())) is not None:
+        return Secret.from_env(env[1])
+    if (block := _BLOCK_PLACEHOLDER.fullmatch(text.strip())) is not None:
+        raise CredentialsError(
+            f"the Prefect Secret block {block[1]!r} is named here, and only Prefect resolves"
+            " it: run the step under a Prefect worker, or use Secret.from_env(...) instead"
+        )
     return None

@@ -48,6 +48,7 @@ SENSITIVE_SETTING_KEYS = frozenset(
         "client_secret",
         "credential",
         "access_token",
+        "service_account_info",
     }
 )
 
@@ -104,13 +105,27 @@ def walk(
     return value
 
 
-def resolve_settings(value: Any) -> Any:
+def resolve_settings(value: Any, *, found: list[str] | None = None) -> Any:
     """``value`` with every secret holder inside replaced by its current text.
+
+    Args:
+        value: settings, credentials, or any nested value.
+        found: when given, each secret's text is appended to it as it is read, so that
+            what is redacted is exactly what was used.
 
     Raises:
         CredentialsError: a secret cannot be read.
     """
-    return walk(value, lambda v, _k, _p: resolve_secret(v) if is_secret_like(v) else DESCEND)
+
+    def resolve(item: Any, _key: str | None, _path: str) -> Any:
+        if not is_secret_like(item):
+            return DESCEND
+        text = resolve_secret(item)
+        if found is not None:
+            found.append(text)
+        return text
+
+    return walk(value, resolve)
 
 
 def secret_values(value: Any, *, objects: bool = False) -> list[str]:

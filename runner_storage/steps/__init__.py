@@ -13,6 +13,7 @@ from runner_storage.steps.emit import (
     pull_with_block_step,
     secret_placeholder,
     set_working_directory_step,
+    with_placeholders,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "pull_with_block_step",
     "secret_placeholder",
     "set_working_directory_step",
+    "with_placeholders",
 ]

@@ -76,25 +76,36 @@ def pull_from_remote_storage_step(
     *, url: str, settings: Mapping[str, Any], requires: str | None
 ) -> dict[str, Any]:
     """A ``pull_from_remote_storage`` step with secret settings as placeholders."""
-    step: dict[str, Any] = {"url": url, **_settings_for_step(settings)}
+    step: dict[str, Any] = {"url": url, **with_placeholders(settings, path="settings")}
     if requires:
         step["requires"] = requires
     return {f"{STEPS}.pull_from_remote_storage": step}
 
 
-def _settings_for_step(settings: Mapping[str, Any]) -> dict[str, Any]:
+def with_placeholders(value: Any, *, path: str) -> Any:
+    """``value`` with every secret inside replaced by its placeholder, ready to write down.
+
+    Secret holders (and saved Prefect blocks) become their placeholders; a plain value
+    under a sensitive key (``secret``, ``token``, ``password``, ``service_account_info``...)
+    is refused, whether text or a table; tuples become lists, since what is written down
+    is YAML or JSON.
+
+    Raises:
+        ConfigurationError: a secret has no placeholder; the message names it by ``path``.
+    """
+
     def placeholder(value: Any, key: str | None, path: str) -> Any:
         if is_secret_like(value) or callable(getattr(value, "get_block_placeholder", None)):
             # Prefect writes every saved block (credentials blocks too) as its placeholder.
             return secret_placeholder(value, what=path)
-        if isinstance(value, str) and key in SENSITIVE_SETTING_KEYS and "{{" not in value:
-            secret_placeholder(value, what=path)  # raises: a plain secret
+        written = isinstance(value, str) and "{{" in value  # a placeholder already
+        if key in SENSITIVE_SETTING_KEYS and value is not None and not written:
+            secret_placeholder(value, what=path)  # raises: a plain secret (text, a table...)
         if isinstance(value, tuple):  # a pull step is YAML: lists only
             return walk(list(value), placeholder, path=path, key=key)
         return DESCEND
 
-    rendered: dict[str, Any] = walk(settings, placeholder, path="settings")
-    return rendered
+    return walk(value, placeholder, path=path)
 
 
 def set_working_directory_step(directory: str) -> dict[str, Any]:
