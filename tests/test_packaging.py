@@ -20,6 +20,7 @@ from servers.s3 import S3Server
 from runner_storage import Secret
 from runner_storage.blocks.storage import (
     FileStorageBlock,
+    KVServerStorageBlock,
     LocalStorageBlock,
     S3StorageBlock,
     TempStorageBlock,
@@ -133,6 +134,13 @@ class TestScriptPackager:
             await ScriptPackager(storage).package(remote(flow_file))
         assert CANARY not in str(caught.value)
         assert [r for r in s3_server.requests() if r.method == "PUT"] == []
+
+    async def test_a_password_in_a_storage_url_is_refused(self, flow_file: Path) -> None:
+        """A KV address with a login in it would end up in the manifest: refused, one line."""
+        storage = KVServerStorageBlock("http://deploy:kv-pa55word@127.0.0.1:9/storage")
+        with pytest.raises(ConfigurationError, match="password") as caught:
+            await ScriptPackager(storage).package(remote(flow_file))
+        assert "kv-pa55word" not in str(caught.value)
 
     async def test_a_changed_stored_script_is_refused(
         self, flow_file: Path, tmp_path: Path

@@ -18,7 +18,7 @@ import anyio.to_thread
 
 from runner_storage import exceptions as errors
 from runner_storage.exceptions import DISK_ERRNOS, describe_error, disk_error
-from runner_storage.fs.errors import error_class
+from runner_storage.fs.errors import error_class, raise_from
 from runner_storage.publish import Backend, Materialized, PreviousVersion
 from runner_storage.publish.managed import ManagedStorage
 from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
@@ -218,11 +218,9 @@ class _BlockBackend:
                 await result
         except errors.RunnerStorageError:
             raise
-        except Exception as exc:
-            error = self._translate(exc, staging)
-            if chain_may_leak(exc, self._redact):
-                raise error from None  # a traceback would print the secret
-            raise error from exc
+        except Exception as exc:  # noqa: BLE001 - the one translation boundary
+            safe = not chain_may_leak(exc, self._redact)
+            raise_from(self._translate(exc, staging), exc, chain=safe)
 
     def _translate(self, exc: Exception, staging: Path) -> errors.RunnerStorageError:
         """Map an error raised by the block to the error the caller can act on."""

@@ -27,7 +27,7 @@ from runner_storage.exceptions import (
     disk_error,
 )
 from runner_storage.fs.checksums import same_content
-from runner_storage.fs.errors import translate_error
+from runner_storage.fs.errors import raise_from, translate_error
 from runner_storage.fs.ignore import DEFAULT_IGNORE_FILE, IgnoreRules, LocalFile
 from runner_storage.fs.listing import Listing, list_tree
 from runner_storage.fs.transfer import ATOMIC_PUT_PROTOCOLS, download_all, upload_all, write_atomic
@@ -295,7 +295,7 @@ class FileSystemBlock(abc.ABC):
             yield
         except RunnerStorageError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the one translation boundary
             unreadable = _file_under(exc, reading)
             if unreadable is not None:
                 detail = describe_error(exc, redact=self.redact)
@@ -311,9 +311,7 @@ class FileSystemBlock(abc.ABC):
                 settings=self._setting_names(),
                 doing=doing,
             )
-            if chain:
-                raise error from exc
-            raise error from None
+            raise_from(error, exc, chain=chain)
 
 
 def _file_under(exc: BaseException, root: Path | None) -> str | None:

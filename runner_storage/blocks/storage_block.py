@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, NoReturn, get_args
 
 from runner_storage.exceptions import ConfigurationError, NotFoundError, describe_error
 from runner_storage.fs.entries import path_problem
-from runner_storage.fs.errors import translate_error
+from runner_storage.fs.errors import raise_from, translate_error
 from runner_storage.secrets import Secret, is_secret_like, strip_url_credentials
 
 __all__ = [
@@ -182,17 +182,13 @@ def raise_translated(
     error, chain = translate_error(
         exc, where=where, redact=redact, settings=settings or {}, doing=doing
     )
-    if error is exc:
-        raise error
     if key is not None and type(error) is NotFoundError:
         error = NotFoundError(
             f"nothing is stored under the key {key!r} in {location or where}"
             f" ({describe_error(exc, redact=redact)}): give a key that write() of this"
             " block returned"
         )
-    if chain:
-        raise error from exc
-    raise error from None
+    raise_from(error, exc, chain=chain)
 
 
 class _Clock:

@@ -14,6 +14,7 @@ import errno
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NoReturn
 
 from runner_storage.exceptions import (
     DISK_ERRNOS,
@@ -30,7 +31,13 @@ from runner_storage.exceptions import (
 )
 from runner_storage.secrets import chain_may_leak
 
-__all__ = ["CONFIG_TYPES", "error_class", "translate_error", "type_names"]
+__all__ = [
+    "CONFIG_TYPES",
+    "error_class",
+    "raise_from",
+    "translate_error",
+    "type_names",
+]
 
 
 def _words(text: str) -> frozenset[str]:
@@ -250,3 +257,16 @@ def translate_error(
     else:
         error = SourceError(f"{doing} {where} failed ({detail})")
     return error, not chain_may_leak(exc, redact)
+
+
+def raise_from(error: RunnerStorageError, cause: Exception, *, chain: bool) -> NoReturn:
+    """Raise ``error`` in place of ``cause``, chained to it only when ``chain`` says safe.
+
+    The chain is cut (``from None``) when ``cause`` could carry a secret: a traceback
+    would print it. ``error`` may be ``cause`` itself (already one of ours).
+    """
+    if error is cause:
+        raise error
+    if chain:
+        raise error from cause
+    raise error from None

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 
@@ -64,7 +65,8 @@ def describe_storage(storage: Any) -> dict[str, Any]:
 
     Raises:
         ConfigurationError: ``storage`` is not one of :data:`BLOCK_TYPES`, or holds a
-            secret that has no placeholder (a literal), which a manifest would expose.
+            secret that has no placeholder (a literal, or a URL's password), which a
+            manifest would expose.
     """
     kind = type(storage).__name__
     if kind not in BLOCK_TYPES:
@@ -76,8 +78,19 @@ def describe_storage(storage: Any) -> dict[str, Any]:
         value = getattr(storage, name, None)
         if value is not None:
             arguments[name] = value if not isinstance(value, Path) else str(value)
+    walk(arguments, _refuse_url_passwords, path=kind)
     described: dict[str, Any] = with_placeholders(arguments, path=kind)
     return {"type": kind, **described}
+
+
+def _refuse_url_passwords(value: Any, _key: str | None, path: str) -> Any:
+    """Refuse a URL with a password in it (``http://user:pw@host``): a manifest is shown."""
+    if isinstance(value, str) and "://" in value and urlsplit(value).password:
+        raise ConfigurationError(
+            f"{path} is a URL with a password in it, which the manifest would expose: give"
+            " the credentials as settings with Secret.from_env(...) instead"
+        )
+    return DESCEND
 
 
 def rebuild_storage(description: Mapping[str, Any]) -> Any:

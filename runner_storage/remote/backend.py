@@ -26,7 +26,7 @@ from fsspec.spec import AbstractFileSystem
 
 from runner_storage.exceptions import NotFoundError, disk_error
 from runner_storage.fs.entries import Entry
-from runner_storage.fs.errors import translate_error
+from runner_storage.fs.errors import raise_from, translate_error
 from runner_storage.fs.listing import Listing, list_tree
 from runner_storage.fs.pool import filesystem
 from runner_storage.fs.protocols import url_settings
@@ -194,11 +194,7 @@ class RemoteBackend:
             downloading=downloading,
             settings=self.settings,
         )
-        if error is exc:
-            raise error
-        if chain:
-            raise error from exc
-        raise error from None
+        raise_from(error, exc, chain=chain)
 
 
 def _link_unchanged(
