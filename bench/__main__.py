@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help=f"rounds per scenario (default {defaults.rounds}; S1-S3: {defaults.s3_rounds})",
     )
-    parser.add_argument("--s3-rounds", type=int, help="rounds of S1-S3 (default: --rounds or 2)")
+    parser.add_argument(
+        "--s3-rounds", type=int, help="rounds of S1-S3 and S8-S9 (default: --rounds or 2)"
+    )
     parser.add_argument(
         "--scenarios",
         help=f"comma-separated families among {','.join(ALL_SCENARIOS)} (default: all)",
@@ -91,10 +93,11 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def _family(name: str) -> Callable[[Bench], None]:
-    from bench.scenarios import daemon, git, many, retention, s3
+    from bench.scenarios import daemon, git, many, retention, s3, snapshot
 
     return {
         "s3": s3.run,
+        "snapshot": snapshot.run,
         "git": git.run,
         "many": many.run,
         "daemon": daemon.run,
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         bench = Bench(params=params, work=run_dir, peers=peers, stack=stack)
         try:
-            if set(params.scenarios) & {"s3", "daemon", "retention"}:
+            if set(params.scenarios) & {"s3", "daemon", "retention", "snapshot"}:
                 bench.s3 = S3Endpoint(stack, run_dir / "moto")
             if set(params.scenarios) & {"git", "many", "daemon"}:
                 bench.git = GitEndpoint(stack, run_dir / "git-root")
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print(targets_table(targets))
     print(f"\nbench: {elapsed / 60:.1f} min; results in {args.output}")
     if not args.keep:
-        for name in ("s3", "git", "many", "daemon", "retention", "warmup"):
+        for name in ("s3", "git", "many", "daemon", "retention", "snapshot", "warmup"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     return 0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ALL_SCENARIOS = ("s3", "git", "many", "daemon", "retention")
+ALL_SCENARIOS = ("s3", "git", "many", "daemon", "retention", "snapshot")
 """Scenario families: s3 = scenarios 1-3, git = 4-5, many = 6, daemon = 7, retention = the
-publisher-retention probe."""
+publisher-retention probe, snapshot = 8-9 (snapshot pulls and pushes of the S1-S3 tree)."""
 
 
 @dataclass
@@ -17,7 +17,8 @@ class Params:
     rounds: int = 3
     s3_rounds: int = 2
     """Rounds of scenarios 1-3, the slow family: two peers re-download the whole bucket at
-    every pull (~13 s each), so three rounds would take the bench past 15 minutes."""
+    every pull (~13 s each), so three rounds would take the bench past 15 minutes. The
+    snapshot family (8-9), on the same data set, runs as many."""
     seed: int = 4
     objects: int = 2000
     max_object_kb: int = 1024

@@ -38,6 +38,8 @@ class Summary:
     detail: str
     ratio: float | None = None
     """Median time over the best correct peer's median in the same scenario."""
+    bytes_received: float = float("nan")
+    """Median bytes the server received, where measured (pushes: the upload)."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as stored in the results file."""
@@ -81,6 +83,7 @@ def summarize(samples: list[Sample]) -> list[Summary]:
                 cpu_seconds=_median(float(s.extra.get("cpu_seconds", "nan")) for s in runs),
                 correct=not wrong,
                 detail=wrong[0] if wrong else "",
+                bytes_received=_median(float(s.extra.get("bytes_received", "nan")) for s in runs),
             )
         )
     return [_with_ratio(s, summaries) for s in summaries]
@@ -135,9 +138,12 @@ def table(summaries: list[Summary]) -> str:
         name = f"**{s.contender}**" if s.ours else s.contender
         correct = "yes" if s.correct else f"NO: {s.detail[:80]}"
         rss = "-" if not math.isfinite(s.maxrss_kb) else f"{s.maxrss_kb / 1024:.0f} MB"
+        sent = _size(s.bytes_sent)
+        if math.isfinite(s.bytes_received):
+            sent += f" (received {_size(s.bytes_received)})"
         lines.append(
             f"| {s.scenario} | {name} | {_seconds(s.median)} | {_seconds(s.low)}-{_seconds(s.high)}"
-            f" | {ratio} | {_seconds(s.cpu_seconds)} | {s.requests:.0f} | {_size(s.bytes_sent)}"
+            f" | {ratio} | {_seconds(s.cpu_seconds)} | {s.requests:.0f} | {sent}"
             f" | {rss} | {correct} |"
         )
     return "\n".join(lines)

@@ -228,6 +228,157 @@ def _daemon_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _kinds(runs: list[Any]) -> str:
+    """Requests by kind per run, e.g. ``[GET=1 HEAD=1, ...]``."""
+    return (
+        "["
+        + ", ".join(
+            " ".join(f"{k}={v}" for k, v in sorted(s.by_kind.items())) or "none" for s in runs
+        )
+        + "]"
+    )
+
+
+def _manifest_and_ref(sample: Any, ref: str) -> bool:
+    """Whether a push wrote, besides blobs, exactly its manifest and the ref."""
+    written = sorted(sample.extra.get("other_puts") or [])
+    return written == sorted([f"refs/{ref}", f"snapshots/{sample.extra.get('snapshot')}.json"])
+
+
+def _snapshot_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
+    from bench.scenarios.s3 import S2
+    from bench.scenarios.snapshot import (
+        PULL_CHANGE,
+        PULL_COLD,
+        PULL_SAME,
+        PUSH,
+        PUSH_CHANGE,
+        PUSH_COLD,
+        PUSH_SAME,
+        REF,
+        REMOTE,
+        SNAPSHOTS,
+        TUNED,
+        pages,
+    )
+
+    out: list[dict[str, Any]] = []
+    if look.get(PULL_COLD, SNAPSHOTS) is None:
+        return out
+    listing = pages(bench.facts.get("snapshot", {}).get("objects", 0))
+
+    # S8 no change: the ref, nothing else.
+    runs = _samples(bench, PULL_SAME, SNAPSHOTS)
+    requests = [s.requests for s in runs]
+    sent = [s.bytes_sent for s in runs]
+    out.append(
+        _target(
+            PULL_SAME,
+            f"{SNAPSHOTS}: a no-op is 1 request (GET of the ref) and under 1 kB from the server",
+            all(n == 1 for n in requests) and all(b < 1000 for b in sent)
+            and all(s.correct for s in runs),
+            f"requests per run {requests} {_kinds(runs)}; bytes sent {sent}",
+        )
+    )  # fmt: skip
+    ours = look.get(PULL_SAME, SNAPSHOTS)
+    out.append(_faster(PULL_SAME, ours, look.get(PULL_SAME, REMOTE), strict=True))
+    here = look.get(PULL_SAME, TUNED)
+    tuned = here or look.get(S2, TUNED)
+    versus = _faster(PULL_SAME, ours, tuned, strict=True)
+    if tuned is not None and here is None:
+        versus["target"] += " (its S2 no-op, same run)"
+        versus["figures"] += f"; {TUNED}: {tuned.requests:.0f} requests, {tuned.bytes_sent:.0f} B"
+    out.append(versus)
+
+    # S8 cold: the same tree as RemoteStorage, about as fast.
+    out.append(
+        _faster(PULL_COLD, look.get(PULL_COLD, SNAPSHOTS), look.get(PULL_COLD, REMOTE), factor=1.15)
+    )
+    runs = _samples(bench, PULL_COLD, SNAPSHOTS)
+    exact = [bool(s.extra.get("read_exactly_wanted")) for s in runs]
+    gets = [f"{s.by_kind.get('GET', 0)}/{s.extra.get('objects_wanted')}" for s in runs]
+    out.append(
+        _target(
+            PULL_COLD,
+            f"{SNAPSHOTS}: GETs of the ref, the manifest and every blob, each once",
+            all(exact) and all(s.correct for s in runs),
+            f"GETs/wanted per run {gets}; all requests {_kinds(runs)}",
+        )
+    )
+
+    # S8 small change: the ref, the manifest, exactly the changed blobs.
+    runs = _samples(bench, PULL_CHANGE, SNAPSHOTS)
+    exact = [bool(s.extra.get("read_exactly_wanted")) for s in runs]
+    gets = [f"{s.by_kind.get('GET', 0)}/{s.extra.get('objects_wanted')}" for s in runs]
+    out.append(
+        _target(
+            PULL_CHANGE,
+            f"{SNAPSHOTS}: GETs of exactly the ref, the manifest and the changed blobs",
+            all(exact) and all(s.correct for s in runs),
+            f"GETs/wanted (ref + manifest + new blobs) per run {gets}",
+        )
+    )
+    others = [s.requests - s.by_kind.get("GET", 0) for s in runs]
+    out.append(
+        _target(
+            PULL_CHANGE,
+            f"{SNAPSHOTS}: no request besides those GETs (no listing, no HEAD)",
+            not any(others),
+            f"other requests per run {others}; all {_kinds(runs)}",
+        )
+    )
+    out.append(
+        _faster(PULL_CHANGE, look.get(PULL_CHANGE, SNAPSHOTS), look.get(PULL_CHANGE, REMOTE),
+                strict=True)
+    )  # fmt: skip
+
+    # S9 pushes.
+    runs = _samples(bench, PUSH_COLD, PUSH)
+    exact = [bool(s.extra.get("put_exactly_changed")) and _manifest_and_ref(s, REF) for s in runs]
+    puts = [f"{s.extra.get('blob_puts')}/{s.extra.get('blobs_wanted')}" for s in runs]
+    out.append(
+        _target(
+            PUSH_COLD,
+            f"{PUSH}: every blob PUT once, then the manifest and the ref",
+            all(exact) and all(s.correct for s in runs),
+            f"blob PUTs/blobs per run {puts}; all requests {_kinds(runs)}",
+        )
+    )
+    runs = _samples(bench, PUSH_SAME, PUSH)
+    put_counts = [s.by_kind.get("PUT", 0) for s in runs]
+    lists = [s.by_kind.get("LIST", 0) for s in runs]
+    received = [int(s.extra.get("bytes_received", 0)) for s in runs]
+    out.append(
+        _target(
+            PUSH_SAME,
+            f"{PUSH}: unchanged tree: no PUT at all, at most one listing of the blobs"
+            f" ({listing} page(s))",
+            bool(runs) and not any(put_counts) and all(n <= listing for n in lists)
+            and all(s.correct for s in runs),
+            f"PUT {put_counts}, LIST {lists}, all {_kinds(runs)}; bytes received {received}",
+        )
+    )  # fmt: skip
+    runs = _samples(bench, PUSH_CHANGE, PUSH)
+    exact = [bool(s.extra.get("put_exactly_changed")) for s in runs]
+    puts = [f"{s.extra.get('blob_puts')}/{s.extra.get('blobs_wanted')}" for s in runs]
+    rest = [len(s.extra.get("other_puts") or []) for s in runs]
+    manifest_and_ref = [_manifest_and_ref(s, REF) for s in runs]
+    lists = [s.by_kind.get("LIST", 0) for s in runs]
+    out.append(
+        _target(
+            PUSH_CHANGE,
+            f"{PUSH}: {bench.params.change_fraction:.0%} changed: exactly the new blobs PUT, plus"
+            " the manifest and the ref;"
+            f" one listing of the blobs ({listing} page(s))",
+            bool(runs) and all(exact) and all(manifest_and_ref)
+            and all(n <= listing for n in lists) and all(s.correct for s in runs),
+            f"blob PUTs/new blobs per run {puts}; other PUTs {rest}; LIST {lists};"
+            f" all {_kinds(runs)}",
+        )
+    )  # fmt: skip
+    return out
+
+
 def evaluate(bench: Bench, summaries: list[Summary]) -> list[dict[str, Any]]:
     """Every target that the scenarios run could measure."""
     look = _Lookup(summaries)
@@ -245,6 +396,7 @@ _PARTS: list[Callable[[Bench, _Lookup], list[dict[str, Any]]]] = [
     _git_targets,
     _many_targets,
     _daemon_targets,
+    _snapshot_targets,
 ]
 
 

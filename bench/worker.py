@@ -9,19 +9,22 @@ stdout (everything else the libraries print goes to stderr). Requests::
 
     {"op": "pull", "spec": SPEC}                     one pull, timed around pull_code()
     {"op": "pull_many", "specs": [SPEC...], "concurrency": N}   pulls at once, timed together
-    {"op": "import", "impl": "ours"|"prefect", "kind": "remote"|"git"}   load the code
+    {"op": "import", "impl": "ours"|"prefect", "kind": "remote"|"git"|"snapshot"}   load the code
+    {"op": "push", "directory", "root", "ref", "settings"}   ours: push_snapshot(), timed
     ("instrument": true on a request also times our link and retention steps)
     {"op": "exit"}
 
 A SPEC is ``{"impl", "kind", "base", "url", "settings", "credentials", "name", "branch",
-"directories"}``. Storage objects are kept per spec, as a daemon keeps its sources.
+"directories"}``; kind ``snapshot`` (ours only) takes ``url`` as the snapshot root, plus
+``ref`` and ``snapshot``. Storage objects are kept per spec, as a daemon keeps its sources.
 
 Answers: ``{"ok": true, "seconds": S, "cpu_seconds": CPU, "maxrss_kb": K,
 "children_maxrss_kb": C}`` (CPU: this process and its reaped children, e.g. git) or
-``{"ok": false, "error": "..."}``. ``maxrss_kb`` is the peak resident size of this process
-during the request (``VmHWM``, reset before it); ``children_maxrss_kb`` the largest reaped
-child so far, which Linux inflates to at least this process's size when it forked (peak RSS
-survives ``execve``), so the bench does not use it.
+``{"ok": false, "error": "..."}``; a push adds ``"info"``, its ``SnapshotInfo``.
+``maxrss_kb`` is the peak resident size of this process during the request (``VmHWM``,
+reset before it); ``children_maxrss_kb`` the largest reaped child so far, which Linux
+inflates to at least this process's size when it forked (peak RSS survives ``execve``), so
+the bench does not use it.
 
 ``python bench/worker.py once SPEC_JSON`` does one pull in a fresh process and exits
 (the whole-process measurement for Python libraries that have no CLI, i.e. Prefect).
@@ -74,6 +77,10 @@ def _instrument() -> None:
 
 def _import(impl: str, kind: str) -> Any:
     if impl == "ours":
+        if kind == "snapshot":
+            from runner_storage.snapshots import SnapshotStorage
+
+            return SnapshotStorage
         if kind == "remote":
             from runner_storage.remote import RemoteStorage
 
@@ -88,7 +95,18 @@ def _import(impl: str, kind: str) -> Any:
 
 def _build(spec: dict[str, Any]) -> Any:
     cls = _import(spec["impl"], spec["kind"])
-    if spec["kind"] == "remote":
+    if spec["kind"] == "snapshot":
+        options = spec.get("options") or {}
+        storage = cls(
+            spec["url"],
+            ref=spec.get("ref") or "latest",
+            snapshot=spec.get("snapshot"),
+            pull_interval=None,
+            name=spec.get("name"),
+            **options,
+            **(spec.get("settings") or {}),
+        )
+    elif spec["kind"] == "remote":
         options = spec.get("options") or {}  # ours only: keep_versions, grace_period
         storage = cls(spec["url"], pull_interval=None, **options, **(spec.get("settings") or {}))
     else:
@@ -150,8 +168,24 @@ async def _pull_many(specs: list[dict[str, Any]], concurrency: int) -> None:
     await asyncio.gather(*(one(s) for s in storages))
 
 
+def _push(request: dict[str, Any]) -> dict[str, Any]:
+    """Push a directory as a snapshot (ours); the answer's ``info`` is its SnapshotInfo."""
+    from dataclasses import asdict
+
+    from runner_storage.snapshots import push_snapshot
+
+    info = push_snapshot(
+        request["directory"],
+        request["root"],
+        ref=request.get("ref") or "latest",
+        **(request.get("settings") or {}),
+    )
+    return asdict(info)
+
+
 def handle(request: dict[str, Any]) -> dict[str, Any]:
     """Serve one request; never raises."""
+    result: dict[str, Any] = {}
     try:
         op = request["op"]
         if request.get("instrument"):
@@ -166,6 +200,11 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             storage = _storage(request["spec"])
             started = time.perf_counter()
             asyncio.run(storage.pull_code())
+        elif op == "push":
+            import runner_storage.snapshots.push  # noqa: F401 - imported before the clock
+
+            started = time.perf_counter()
+            result["info"] = _push(request)
         elif op == "pull_many":
             asyncio.run(_pull_many(request["specs"], int(request.get("concurrency", 4))))
         else:
@@ -175,7 +214,14 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     except BaseException as exc:  # noqa: BLE001 - reported to the bench, which decides
         tail = traceback.format_exc().strip().splitlines()[-6:]
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": tail}
-    return {"ok": True, "seconds": seconds, "cpu_seconds": cpu, "phases": dict(_phases), **_usage()}
+    return {
+        "ok": True,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "phases": dict(_phases),
+        **result,
+        **_usage(),
+    }
 
 
 def serve() -> None:

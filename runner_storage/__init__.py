@@ -7,8 +7,8 @@ The public names follow ``prefect.runner.storage``, so switching is an import ch
 :class:`GitRepository`, :class:`RemoteStorage` and :class:`BlockStorageAdapter` are imported
 on first use, so importing this package loads no backend (git, fsspec), and neither anyio
 nor pydantic; ``tests/test_imports.py`` keeps it so. The modules of the library are laid
-out by family (``git/``, ``remote/``, ``blocks/``) over shared machinery (``secrets/``,
-``publish/``, ``fs/``, ``steps/``); see the README's "Layout".
+out by family (``git/``, ``remote/``, ``blocks/``, ``snapshots/``) over shared machinery
+(``secrets/``, ``publish/``, ``fs/``, ``steps/``); see the README's "Layout".
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ if TYPE_CHECKING:
     )
     from runner_storage.git import GitRepository
     from runner_storage.remote import RemoteStorage
+    from runner_storage.snapshots import (
+        SnapshotInfo,
+        SnapshotStorage,
+        collect_garbage,
+        push_snapshot,
+    )
 
     __version__: str
 
@@ -78,6 +84,8 @@ __all__ = [
     "RunnerStorageError",
     "S3StorageBlock",
     "Secret",
+    "SnapshotInfo",
+    "SnapshotStorage",
     "SourceError",
     "StorageBlock",
     "SyncResult",
@@ -85,7 +93,9 @@ __all__ = [
     "TransientSourceError",
     "UnsafeContentError",
     "classify_source",
+    "collect_garbage",
     "create_storage_from_source",
+    "push_snapshot",
 ]
 
 _moved.install()
@@ -109,6 +119,10 @@ _lazy_getattr, __dir__ = lazy_exports(
         **dict.fromkeys(STORAGE_BLOCKS, "runner_storage.blocks"),
         "GitRepository": "runner_storage.git.repository",
         "RemoteStorage": "runner_storage.remote.storage",
+        "SnapshotInfo": "runner_storage.snapshots.push",
+        "SnapshotStorage": "runner_storage.snapshots.storage",
+        "collect_garbage": "runner_storage.snapshots.gc",
+        "push_snapshot": "runner_storage.snapshots.push",
     },
 )
 

@@ -20,10 +20,12 @@ from runner_storage.types import RunnerStorage
 __all__ = ["SourceKind", "classify_source", "create_storage_from_source"]
 
 #: What kind of storage a source is.
-SourceKind = Literal["git", "remote", "local"]
+SourceKind = Literal["git", "remote", "local", "snapshot"]
 
 #: ``git+<scheme>://`` forces git for URLs that do not end in ``.git`` (pip's spelling).
 _GIT_PLUS_SCHEMES = ("http", "https", "ssh", "file")
+#: ``snapshot+<scheme>://`` names a snapshot root (the snapshot format).
+_SNAPSHOT_PREFIX = "snapshot+"
 #: Schemes that name a folder on this machine (Prefect's rule).
 _LOCAL_SCHEMES = ("file", "local")
 
@@ -35,6 +37,8 @@ def classify_source(source: str) -> tuple[SourceKind, str]:
       scp-like ``git@host:org/repo.git``; a trailing ``/`` is allowed and dropped), or the
       URL starts with ``git+https://``, ``git+http://``, ``git+ssh://`` or ``git+file://``
       in any case (the ``git+`` is dropped);
+    * ``snapshot``, the root URL, for ``snapshot+<scheme>://`` (``snapshot+s3://bucket/code``;
+      the ``snapshot+`` is dropped), the snapshot format's root;
     * ``local``, the path, for ``file://`` and ``local://``;
     * ``remote``, the URL, for any other scheme fsspec knows (``s3://``, ``gs://``,
       ``az://``, ``memory://``, ``https://``...);
@@ -58,11 +62,15 @@ def classify_source(source: str) -> tuple[SourceKind, str]:
         return "local", rest
     from runner_storage.fs.protocols import is_known  # noqa: PLC0415 - fsspec is heavy
 
+    inner = scheme.lower().removeprefix(_SNAPSHOT_PREFIX)
+    if scheme.lower().startswith(_SNAPSHOT_PREFIX) and (is_known(inner) or inner in _LOCAL_SCHEMES):
+        return "snapshot", source[len(_SNAPSHOT_PREFIX) :]
     if is_known(scheme.lower()):
         return "remote", source
     raise ConfigurationError(
         f"unknown scheme {scheme!r} in source {strip_url_credentials(source)!r}: use a git"
-        " URL (https, ssh, git, file), an object-store URL (s3, gs, az, http...), or a path"
+        " URL (https, ssh, git, file), an object-store URL (s3, gs, az, http...), a snapshot"
+        " root (snapshot+s3://...), or a path"
     )
 
 
@@ -74,8 +82,9 @@ def create_storage_from_source(source: str, pull_interval: float | None = 60) ->
         pull_interval: seconds between pulls; None pulls once.
 
     Returns:
-        A :class:`~runner_storage.GitRepository`, :class:`~runner_storage.RemoteStorage`
-        or :class:`LocalStorage`, which all satisfy :class:`RunnerStorage`.
+        A :class:`~runner_storage.GitRepository`, :class:`~runner_storage.RemoteStorage`,
+        :class:`~runner_storage.SnapshotStorage` (following ``latest``) or
+        :class:`LocalStorage`, which all satisfy :class:`RunnerStorage`.
 
     Raises:
         ConfigurationError: ``source`` is empty or its scheme unknown, or the chosen
@@ -91,6 +100,10 @@ def create_storage_from_source(source: str, pull_interval: float | None = 60) ->
         from runner_storage.remote import RemoteStorage  # noqa: PLC0415 (fsspec is heavy)
 
         return RemoteStorage(url=target, pull_interval=pull_interval)
+    if kind == "snapshot":
+        from runner_storage.snapshots.storage import SnapshotStorage  # noqa: PLC0415 (fsspec)
+
+        return SnapshotStorage(target, pull_interval=pull_interval)
     return LocalStorage(path=target, pull_interval=pull_interval)
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "LocalSource",
     "RemoteSource",
     "SecretRef",
+    "SnapshotSource",
     "SourceBase",
     "SourceSettings",
     "parse_source",
@@ -200,6 +201,44 @@ class RemoteSource(SourceBase):
         )
 
 
+class SnapshotSource(SourceBase):
+    """A snapshot root (``snapshot+s3://...``, or any root with ``kind = "snapshot"``).
+
+    ``ref`` is followed (``latest`` by default) unless ``snapshot`` pins an id;
+    ``settings`` go to the root's filesystem (secret tables as for remote sources).
+    """
+
+    kind: Literal["snapshot"] = "snapshot"
+    ref: str = "latest"
+    snapshot: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    _secret_tables = field_validator("settings")(secret_tables)
+
+    @model_validator(mode="after")
+    def _ref_or_snapshot(self) -> SnapshotSource:
+        if self.snapshot is not None and "ref" in self.model_fields_set:
+            raise ValueError(
+                "ref and snapshot exclude each other: give ref (a name to follow) or snapshot"
+                " (an id to pin)"
+            )
+        return self
+
+    def _new_storage(self, retention: dict[str, Any]) -> ManagedStorage | LocalStorage:
+        from runner_storage.snapshots.storage import SnapshotStorage  # noqa: PLC0415 - fsspec
+
+        refuse_url_credentials(self.target())
+        return SnapshotStorage(
+            self.target(),
+            ref=self.ref,
+            snapshot=self.snapshot,
+            pull_interval=self.pull_interval,
+            name=self.name,
+            **retention,
+            **self.settings,
+        )
+
+
 class LocalSource(SourceBase):
     """A folder on this machine, used where it is: it publishes nothing.
 
@@ -313,6 +352,7 @@ class BlockSource(SourceBase):
 MODELS: dict[str, type[SourceBase]] = {
     "git": GitSource,
     "remote": RemoteSource,
+    "snapshot": SnapshotSource,
     "local": LocalSource,
     "block": BlockSource,
 }
@@ -340,6 +380,7 @@ def _source_kind(value: Any) -> str | None:
 SourceSettings = Annotated[
     Annotated[GitSource, Tag("git")]
     | Annotated[RemoteSource, Tag("remote")]
+    | Annotated[SnapshotSource, Tag("snapshot")]
     | Annotated[LocalSource, Tag("local")]
     | Annotated[BlockSource, Tag("block")],
     Discriminator(

@@ -47,13 +47,25 @@ PUBLIC_NAMES = {
     "RunnerStorage",
     "RunnerStorageError",
     "Secret",
+    "SnapshotInfo",
+    "SnapshotStorage",
     "SourceError",
     "SyncResult",
     "TransientSourceError",
     "UnsafeContentError",
     "classify_source",
+    "collect_garbage",
     "create_storage_from_source",
+    "push_snapshot",
     *STORAGE_BLOCKS,
+}
+
+#: The snapshot names, loaded on first access, and their modules.
+SNAPSHOT_NAMES = {
+    "SnapshotInfo": "runner_storage.snapshots.push",
+    "SnapshotStorage": "runner_storage.snapshots.storage",
+    "collect_garbage": "runner_storage.snapshots.gc",
+    "push_snapshot": "runner_storage.snapshots.push",
 }
 
 HEAVY_MODULES = (
@@ -92,6 +104,7 @@ class TestPublicNames:
         sorted(
             PUBLIC_NAMES
             - {"BlockStorageAdapter", "GitRepository", "RemoteStorage", *STORAGE_BLOCKS}
+            - set(SNAPSHOT_NAMES)
         ),
     )
     def test_eager_names_exist(self, name: str) -> None:
@@ -104,6 +117,7 @@ class TestPublicNames:
             ("GitRepository", "runner_storage.git"),
             ("RemoteStorage", "runner_storage.remote"),
             *((name, "runner_storage.blocks.storage") for name in STORAGE_BLOCKS),
+            *SNAPSHOT_NAMES.items(),
         ],
     )
     def test_lazy_names_resolve_to_their_class(self, name: str, module: str) -> None:
@@ -214,7 +228,7 @@ class TestCheapImport:
 #: The shared machinery: imports no storage family.
 SHARED = ("fs", "publish", "secrets", "steps")
 #: The storage families: each imports the shared machinery, never another family.
-FAMILIES = ("git", "remote", "blocks")
+FAMILIES = ("git", "remote", "blocks", "snapshots")
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -66,7 +66,7 @@ class TestClassification:
         assert result.stderr.strip().splitlines() == [
             "runner-storage: sources[0].source: unknown scheme 's4' in source 's4://bucket/x':"
             " use a git URL (https, ssh, git, file), an object-store URL (s3, gs, az, http...),"
-            f" or a path (from {path})"
+            f" a snapshot root (snapshot+s3://...), or a path (from {path})"
         ]
         assert not (tmp_path / "root").exists()
 

@@ -15,7 +15,7 @@ from runner_storage import (
 )
 from runner_storage.secrets import Secret
 from service.config import DaemonSettings, SettingsError, load_settings
-from service.sources import GitSource, LocalSource, RemoteSource, SourceBase
+from service.sources import GitSource, LocalSource, RemoteSource, SnapshotSource, SourceBase
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,9 +33,11 @@ class TestSources:
     def test_example_config_loads(self) -> None:
         """The example config shipped in examples/ is valid and means what it says."""
         settings = load_settings(EXAMPLES / "config.toml", environ={})
-        flows, models = settings.all_sources()
+        flows, models, etl = settings.all_sources()
         assert isinstance(flows, GitSource)
         assert isinstance(models, RemoteSource)
+        assert isinstance(etl, SnapshotSource)
+        assert (etl.target(), etl.ref, etl.snapshot) == ("s3://acme-code/etl", "prod", None)
         assert flows.name == "flows"
         assert flows.directories == ["flows"]
         assert flows.credentials is not None
@@ -332,7 +334,7 @@ class TestSourceKinds:
             "sources[1].settings",
         ]
         assert problems[2] == (
-            "sources[1].settings: only applies to remote sources, and"
+            "sources[1].settings: only applies to remote and snapshot sources, and"
             f" 'https://h.example/r.git' is git (from {path})"
         )
         assert all("pw-CANARY-1" not in problem for problem in problems)
@@ -343,8 +345,8 @@ class TestSourceKinds:
         path = write(tmp_path, "c.toml", '[[sources]]\nsource = "s4://bucket/x"\ntimeout = 0\n')
         assert problems_of(path) == [
             "sources[0].source: unknown scheme 's4' in source 's4://bucket/x': use a git URL"
-            " (https, ssh, git, file), an object-store URL (s3, gs, az, http...), or a path"
-            f" (from {path})"
+            " (https, ssh, git, file), an object-store URL (s3, gs, az, http...), a snapshot"
+            f" root (snapshot+s3://...), or a path (from {path})"
         ]
 
     def test_environment_source_goes_through_the_union(self) -> None:

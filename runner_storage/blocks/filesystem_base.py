@@ -30,7 +30,13 @@ from runner_storage.fs.checksums import same_content
 from runner_storage.fs.errors import raise_from, translate_error
 from runner_storage.fs.ignore import DEFAULT_IGNORE_FILE, IgnoreRules, LocalFile
 from runner_storage.fs.listing import Listing, list_tree
-from runner_storage.fs.transfer import ATOMIC_PUT_PROTOCOLS, download_all, upload_all, write_atomic
+from runner_storage.fs.transfer import (
+    download_all,
+    make_parents,
+    read_whole,
+    upload_all,
+    write_atomic,
+)
 from runner_storage.secrets import redact, strip_url_credentials
 
 __all__ = ["DEFAULT_TRANSFER_CONCURRENCY", "FileSystemBlock"]
@@ -73,7 +79,7 @@ class FileSystemBlock(abc.ABC):
         target = self._resolve(path)
         with self._boundary(target, doing="reading"), self._filesystem() as fs:
             try:
-                content: bytes = fs.cat_file(target)
+                content = read_whole(fs, target)
             except IsADirectoryError:
                 raise self._folder_error(target, "read_path") from None
             return content
@@ -95,7 +101,7 @@ class FileSystemBlock(abc.ABC):
         target = self._resolve(path)
         boundary = self._boundary(target, doing="writing", staging=self._local_root())
         with boundary, self._filesystem() as fs:
-            self._make_parents(fs, [target])
+            make_parents(fs, [target])
             try:
                 write_atomic(fs, target, bytes(content))
             except IsADirectoryError:
@@ -163,7 +169,7 @@ class FileSystemBlock(abc.ABC):
         )
         with boundary, self._filesystem() as fs:
             pairs = self._changed(fs, target, files)
-            self._make_parents(fs, [remote for _, remote in pairs])
+            make_parents(fs, [remote for _, remote in pairs])
             upload_all(fs, pairs, self._concurrency)
         return len(pairs)
 
@@ -264,14 +270,6 @@ class FileSystemBlock(abc.ABC):
                 md5=listing.md5.get(file.path),
             )
         ]
-
-    def _make_parents(self, fs: AbstractFileSystem, paths: Sequence[str]) -> None:
-        # Object stores have no folders (and s3fs would create a missing bucket), and the
-        # local disk's writes make their own; other filesystems (sftp, smb...) need them.
-        if self._protocol in ATOMIC_PUT_PROTOCOLS or self._protocol == "file":
-            return
-        for parent in sorted({path.rsplit("/", 1)[0] for path in paths}):
-            fs.makedirs(parent, exist_ok=True)
 
     def _folder_error(self, target: str, method: str) -> ConfigurationError:
         return ConfigurationError(

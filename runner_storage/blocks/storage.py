@@ -43,7 +43,7 @@ from runner_storage.blocks.storage_block import (
 from runner_storage.exceptions import ConfigurationError
 from runner_storage.fs.pool import filesystem
 from runner_storage.fs.protocols import check_protocol, url_settings
-from runner_storage.fs.transfer import write_atomic
+from runner_storage.fs.transfer import read_whole, write_atomic
 from runner_storage.secrets import (
     redact,
     resolve_settings,
@@ -163,7 +163,7 @@ class FsspecStorageBlock(StorageBlock):
 
     def _read_sync(self, key: str, name: str) -> bytes:
         path = self._root + name
-        return bytes(self._run(lambda fs: fs.cat_file(path), path=path, doing="reading", key=key))
+        return self._run(lambda fs: read_whole(fs, path), path=path, doing="reading", key=key)
 
     def _run(
         self, call: Callable[[Any], _T], *, path: str, doing: str, key: str | None = None

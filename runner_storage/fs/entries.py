@@ -71,12 +71,22 @@ def safe_relative_path(key: str, prefix: str) -> str:
     return relative
 
 
+#: The longest name one path component may have on Linux file systems (NAME_MAX).
+_NAME_MAX = 255
+
+
 def path_problem(relative: str) -> str | None:
     """What makes ``relative`` unsafe as a path inside a version, or None if it is safe."""
     if not relative:
         return "names the listed prefix itself"
     if any(ord(c) < 32 or ord(c) == 127 for c in relative):
         return "contains NUL or control characters"
+    try:
+        encoded = relative.encode("utf-8")
+    except UnicodeEncodeError:  # a local name's undecodable bytes (surrogate escapes)
+        return "is not valid UTF-8"
+    if any(len(part) > _NAME_MAX for part in encoded.split(b"/")):
+        return f"has a component longer than {_NAME_MAX} bytes"
     if "\\" in relative:
         return "contains a backslash"
     if relative.startswith("/"):

@@ -15,6 +15,7 @@ The filesystem blocks use both; the snapshot format reuses them.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,12 +43,15 @@ class LocalFile:
             :func:`~runner_storage.fs.entries.path_problem`).
         local: the file to read: the path itself, or where a symlink inside the tree
             points.
-        size: its size in bytes when it was listed.
+        size: its size in bytes when it was listed (0 for a symlink kept as one).
+        link: for a symlink kept as one (``walk(symlinks=True)``), its target relative
+            to the symlink's folder, POSIX, inside the tree; None for a file.
     """
 
     path: str
     local: Path
     size: int
+    link: str | None = None
 
 
 class IgnoreRules:
@@ -136,12 +140,13 @@ class IgnoreRules:
         """The file paths of ``paths`` that are not ignored, in their order."""
         return [path for path in paths if not self.matches(path)]
 
-    def walk(self, root: str | os.PathLike[str]) -> list[LocalFile]:
+    def walk(self, root: str | os.PathLike[str], *, symlinks: bool = False) -> list[LocalFile]:
         """The files under ``root`` that the rules keep, sorted by path.
 
         Ignored directories are not entered. A symlink is read as what it points to when
         that is inside ``root``; a symlink to a directory is not followed (what it points
-        to is listed where it is).
+        to is listed where it is). With ``symlinks``, every kept symlink (to a file or a
+        directory) is listed as itself instead, with its target (:attr:`LocalFile.link`).
 
         Raises:
             UnsafeContentError: a kept symlink points outside ``root`` or nowhere, a kept
@@ -162,14 +167,23 @@ class IgnoreRules:
                     continue
                 _check_name(relative)
                 if os.path.islink(os.path.join(directory, name)):
-                    _inside(os.path.join(directory, name), real_root, relative)
+                    target = _inside(os.path.join(directory, name), real_root, relative)
+                    if symlinks:
+                        found.append(_link(Path(directory, name), relative, target))
                 else:
                     kept_dirs.append(name)
             dirnames[:] = kept_dirs
             for name in sorted(filenames):
                 relative = prefix + name
-                if not self.matches(relative):
-                    found.append(_local_file(Path(directory, name), relative, real_root))
+                if self.matches(relative):
+                    continue
+                path = Path(directory, name)
+                if symlinks and path.is_symlink():
+                    _check_name(relative)
+                    target = _inside(os.fspath(path), real_root, relative)
+                    found.append(_link(path, relative, target))
+                else:
+                    found.append(_local_file(path, relative, real_root))
         return sorted(found)
 
     def __repr__(self) -> str:
@@ -230,6 +244,20 @@ def _local_file(path: Path, relative: str, real_root: str) -> LocalFile:
             f" ignore it in {DEFAULT_IGNORE_FILE}"
         )
     return LocalFile(relative, local, info.st_size)
+
+
+def _link(path: Path, relative: str, resolved: str) -> LocalFile:
+    """A symlink kept as one: its target as written when that stays in the tree as text.
+
+    A target that is absolute, or that climbs out of the tree before coming back in
+    (``../tree/x``), is rewritten relative to the symlink's folder: a reader of the copy
+    must not have to leave it to resolve it.
+    """
+    written = os.readlink(path).replace(os.sep, "/")
+    lexical = posixpath.normpath(posixpath.join(posixpath.dirname(relative), written))
+    if posixpath.isabs(written) or lexical == ".." or lexical.startswith("../"):
+        written = os.path.relpath(resolved, os.path.realpath(path.parent)).replace(os.sep, "/")
+    return LocalFile(relative, path, 0, written)
 
 
 def _raise(error: OSError) -> None:

@@ -22,7 +22,7 @@ from runner_storage.fs import ftp
 from runner_storage.fs.checksums import listed_md5
 from runner_storage.fs.entries import Entry, is_directory_marker, safe_relative_path
 
-__all__ = ["TOKEN_FIELDS", "Listing", "list_tree"]
+__all__ = ["TOKEN_FIELDS", "Listing", "find_all", "list_tree"]
 
 #: Info fields that identify an object's content, best first: S3 ETag, adlfs etag, GCS
 #: md5Hash (crc32c for composite objects), HTTP validators, local and memory timestamps,
@@ -76,7 +76,7 @@ def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
         path = unquote(path)
         found = ftp.list_ftp(fs, path)
     else:
-        found = _find_raising(fs, path) if _generic_find(fs) else fs.find(path, detail=True)
+        found = find_all(fs, path)
     if isinstance(found, list):
         # adlfs answers a blob's own URL with a list of names, whatever ``detail`` says.
         found = {name: fs.info(name) for name in found}
@@ -126,6 +126,18 @@ def _is_http(fs: AbstractFileSystem) -> bool:
 
 def _same(text: str) -> str:
     return text
+
+
+def find_all(fs: AbstractFileSystem, path: str) -> Any:
+    """Everything below ``path``, with details: the filesystem's own recursive listing.
+
+    One paginated listing on object stores; fsspec's generic walk (file, memory, http...)
+    made to fail when a subfolder cannot be listed (:func:`_find_raising`).
+
+    Raises:
+        Exception: whatever the filesystem raised (translate with :func:`translate_error`).
+    """
+    return _find_raising(fs, path) if _generic_find(fs) else fs.find(path, detail=True)
 
 
 def _find_raising(fs: AbstractFileSystem, path: str) -> dict[str, Any]:

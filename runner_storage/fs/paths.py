@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from runner_storage.exceptions import ConfigurationError, UnsafeContentError
 from runner_storage.fs.entries import path_problem
-from runner_storage.secrets import strip_url_credentials
+from runner_storage.secrets import public_url, strip_url_credentials
 
-__all__ = ["BaseURL", "outside_error", "resolve_in_folder"]
+__all__ = ["BaseURL", "destination_name", "outside_error", "resolve_in_folder"]
 
 
 def outside_error(path: str, base: str, why: str) -> ConfigurationError:
@@ -172,3 +172,23 @@ def resolve_in_folder(base: Path, path: str | os.PathLike[str] | None) -> Path:
 def _within(path: Path, base: Path) -> bool:
     """Whether ``path`` is ``base`` or below it: by components, never by string prefix."""
     return path == base or base in path.parents
+
+
+def destination_name(url: str) -> str:
+    """Prefect's destination name for a storage URL: ``<netloc>/<path>``, no credentials.
+
+    ``s3://bucket/flows`` gives ``bucket/flows``, ``memory://folder`` gives ``folder``,
+    ``file:///srv/flows`` gives ``srv/flows``.
+
+    Raises:
+        ConfigurationError: the URL names no bucket or folder.
+    """
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    name = str(PurePosixPath(host) / parts.path.lstrip("/")).strip("/")
+    if not name or name == ".":
+        raise ConfigurationError(
+            f"{public_url(url)} names no bucket or folder to publish under: add"
+            " one, like memory://folder or s3://bucket/path"
+        )
+    return name

@@ -19,10 +19,19 @@ from typing import Any
 from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractFileSystem
 
+from runner_storage.exceptions import ConfigurationError
 from runner_storage.fs import ftp
 from runner_storage.publish.tree import replace_atomically
 
-__all__ = ["download_all", "upload_all", "upload_atomic", "write_atomic"]
+__all__ = [
+    "check_concurrency",
+    "download_all",
+    "make_parents",
+    "read_whole",
+    "upload_all",
+    "upload_atomic",
+    "write_atomic",
+]
 
 #: Protocols whose single-object PUT is atomic: a reader sees the old object or the new one.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
@@ -31,6 +40,21 @@ ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss
 #: object's metadata twice before reading it (3 requests instead of 1); its chunked reads
 #: only start above 100 MB anyway, far beyond the files of a code tree.
 _GET_OPTIONS: dict[str, dict[str, Any]] = {"gcsfs": {"concurrency": 1}}
+#: Extra ``cat_file`` options per implementation package. s3fs asks for an object's size
+#: (a HEAD) before reading it whole, to split large reads into ranges; the objects read
+#: whole here (refs, manifests, block contents) are small, and one GET is what they cost.
+_CAT_OPTIONS: dict[str, dict[str, Any]] = {"s3fs": {"max_concurrency": 1}}
+
+
+def check_concurrency(value: object, *, what: str = "transfer_concurrency") -> int:
+    """``value`` if it is a whole number of at least 1.
+
+    Raises:
+        ConfigurationError: it is not; the message names ``what``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"{what} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def download_all(
@@ -70,6 +94,33 @@ def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
 
 def _is_local(fs: AbstractFileSystem) -> bool:
     return "file" in _protocols(fs) or "local" in _protocols(fs)
+
+
+def read_whole(fs: AbstractFileSystem, path: str) -> bytes:
+    """The whole content of an object in one request (no size lookup first).
+
+    Raises:
+        Exception: what the filesystem raised (translate with
+            :func:`runner_storage.fs.errors.translate_error`).
+    """
+    options = _CAT_OPTIONS.get(type(fs).__module__.split(".", 1)[0], {})
+    return bytes(fs.cat_file(path, **options))
+
+
+def make_parents(fs: AbstractFileSystem, paths: Sequence[str]) -> None:
+    """Create the folders ``paths`` will be written into, where the filesystem needs it.
+
+    Object stores have no folders (and s3fs would create a missing bucket), and local
+    writes make their own; other filesystems (ftp, sftp, smb...) need them first.
+
+    Raises:
+        Exception: what the filesystem raised (translate with
+            :func:`runner_storage.fs.errors.translate_error`).
+    """
+    if set(_protocols(fs)) & ATOMIC_PUT_PROTOCOLS or _is_local(fs):
+        return
+    for parent in sorted({path.rsplit("/", 1)[0] for path in paths}):
+        fs.makedirs(parent, exist_ok=True)
 
 
 def write_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from runner_storage.exceptions import UnsafeContentError
 __all__ = [
     "check_contained",
     "file_digest",
+    "link_or_copy",
     "replace_atomically",
     "tree_digest",
     "write_file_atomic",
@@ -94,6 +97,24 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+#: errnos of os.link that mean "these two places cannot share an inode": copy instead.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Hard-link ``source`` at ``target``; copy it (with its mode) where a link cannot be.
+
+    Raises:
+        OSError: neither worked.
+    """
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+        shutil.copy2(source, target)
 
 
 def replace_atomically(

@@ -10,16 +10,13 @@ first, placed only once :mod:`runner_storage.remote.verify` accepts them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import shutil
 import stat
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
 from fsspec.spec import AbstractFileSystem
@@ -32,25 +29,13 @@ from runner_storage.fs.pool import filesystem
 from runner_storage.fs.protocols import url_settings
 from runner_storage.fs.transfer import download_all
 from runner_storage.publish import Materialized, PreviousVersion
+from runner_storage.publish.tree import link_or_copy
 from runner_storage.remote.plan import listing_revision, manifest_for, plan_sync
 from runner_storage.remote.verify import check_sizes, check_unchanged, unproven
-from runner_storage.secrets import resolve_settings, strip_url_credentials
+from runner_storage.secrets import public_url, resolve_settings
 from runner_storage.types import Revision, fingerprint
 
 __all__ = ["RemoteBackend", "public_url"]
-
-#: errnos of os.link that mean "these two places cannot share an inode": copy instead.
-_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
-
-
-def public_url(url: str) -> str:
-    """``url`` as messages and ``state.json`` show it: no userinfo, query or fragment.
-
-    A query may hold a signature (presigned URLs), and leaving it out keeps the label
-    stable when such a signature is renewed.
-    """
-    parts = urlsplit(strip_url_credentials(url))
-    return urlunsplit(parts._replace(query="", fragment=""))
 
 
 @dataclass(frozen=True)
@@ -225,16 +210,7 @@ def _link_unchanged(
             if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size:
                 fetch.append(entry)
                 continue
-            _link_or_copy(source, staging / entry.path)
+            link_or_copy(source, staging / entry.path)
     except OSError as exc:
         raise disk_error(f"cannot build the new version in {staging}", exc) from None
     return fetch
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError as exc:
-        if exc.errno not in _NO_LINK:
-            raise
-        shutil.copy2(source, target)

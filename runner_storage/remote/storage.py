@@ -9,12 +9,13 @@ atomically by :class:`~runner_storage.publish.Publisher`.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from runner_storage.exceptions import ConfigurationError
+from runner_storage.fs.paths import destination_name
 from runner_storage.fs.protocols import check_protocol, required_package
+from runner_storage.fs.transfer import check_concurrency
 from runner_storage.publish import Backend
 from runner_storage.publish.managed import ManagedStorage
 from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
@@ -96,15 +97,11 @@ class RemoteStorage(ManagedStorage):
         **settings: Any,
     ) -> None:
         self._protocol = check_protocol(url)
-        if not isinstance(transfer_concurrency, int) or transfer_concurrency < 1:
-            raise ConfigurationError(
-                f"transfer_concurrency must be a whole number of at least 1, got"
-                f" {transfer_concurrency!r}"
-            )
+        check_concurrency(transfer_concurrency)
         self._url = url
         self._settings = settings
         self._transfer_concurrency = transfer_concurrency
-        default_name = _destination_name(url)
+        default_name = destination_name(url)
         super().__init__(
             # Checked even with a name: a URL without a bucket or folder lists a whole store.
             name=name or default_name,
@@ -159,15 +156,3 @@ class RemoteStorage(ManagedStorage):
             concurrency=self._transfer_concurrency,
             redact=self.redact,
         )
-
-
-def _destination_name(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    name = str(PurePosixPath(host) / parts.path.lstrip("/")).strip("/")
-    if not name or name == ".":
-        raise ConfigurationError(
-            f"{public_url(url)} names no bucket or folder to publish under: add"
-            " one, like memory://folder or s3://bucket/path"
-        )
-    return name

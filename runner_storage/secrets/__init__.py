@@ -21,6 +21,7 @@ from runner_storage.secrets.logins import (
 from runner_storage.secrets.redact import (
     REDACTED,
     chain_may_leak,
+    public_url,
     redact,
     secret_parts,
     strip_url_credentials,
@@ -56,6 +57,7 @@ __all__ = [
     "host_login",
     "is_secret_like",
     "placeholder_for",
+    "public_url",
     "redact",
     "resolve_secret",
     "resolve_settings",

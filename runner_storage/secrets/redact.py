@@ -12,7 +12,14 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from runner_storage.exceptions import exception_chain
 
-__all__ = ["REDACTED", "chain_may_leak", "redact", "secret_parts", "strip_url_credentials"]
+__all__ = [
+    "REDACTED",
+    "chain_may_leak",
+    "public_url",
+    "redact",
+    "secret_parts",
+    "strip_url_credentials",
+]
 
 REDACTED = "***"
 
@@ -39,6 +46,16 @@ def strip_url_credentials(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=host))
+
+
+def public_url(url: str) -> str:
+    """``url`` as messages and ``state.json`` show it: no userinfo, query or fragment.
+
+    A query may hold a signature (presigned URLs), and leaving it out keeps the label
+    stable when such a signature is renewed.
+    """
+    parts = urlsplit(strip_url_credentials(url))
+    return urlunsplit(parts._replace(query="", fragment=""))
 
 
 def secret_parts(value: str) -> list[str]:

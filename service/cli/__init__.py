@@ -16,13 +16,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from service.cli import check, package, pull, run, status, steps
+from service.cli import check, gc, package, pull, push, run, status, steps
 from service.cli.shared import EXIT_USAGE, UsageError
 
 __all__ = ["main"]
 
 #: The commands, in the order ``--help`` lists them.
-COMMANDS = (run, pull, steps, check, status, package)
+COMMANDS = (run, pull, steps, check, status, package, push, gc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,6 @@ The storage is a :class:`~runner_storage.blocks.storage.FileStorageBlock` of ``-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,12 +51,7 @@ def package_flow(args: argparse.Namespace) -> int:
         print(f"runner-storage: package failed: {exc}", file=sys.stderr)
         return shared.EXIT_FAILURE
     output: dict[str, Any] = {"manifest": manifest.to_dict(), "pull": [manifest.to_pull_step()]}
-    if args.format == "json":
-        print(json.dumps(output, indent=2))
-    else:
-        import yaml  # noqa: PLC0415 - only this output needs it
-
-        print(yaml.safe_dump(output, sort_keys=False), end="")
+    shared.print_document(output, args.format)
     return shared.EXIT_OK
 
 

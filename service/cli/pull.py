@@ -55,6 +55,8 @@ def pull_once(args: argparse.Namespace) -> int:
         "commit_sha": args.commit_sha,
         "directories": directories,
         "depth": args.depth,
+        "ref": args.ref,
+        "snapshot": args.snapshot,
     }
     # Only what was given: an option of another kind is refused, not silently dropped.
     options: dict[str, Any] = {"source": args.source, "pull_interval": None}
@@ -152,7 +154,8 @@ def _size(count: int) -> str:
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", help="git URL, fsspec URL (s3://, gs://, az://, https://) or path"
+        "source",
+        help="git URL, fsspec URL (s3://, gs://, az://, https://), snapshot+URL, or path",
     )
     parser.add_argument(
         "--dest",
@@ -166,6 +169,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--depth", type=int, default=None, help="git history depth; 0 = full (default 1)"
     )
+    parser.add_argument("--ref", help="the ref to follow (snapshot sources; default latest)")
+    parser.add_argument("--snapshot", help="the snapshot id to pin (snapshot sources)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "build_all",
     "build_sources",
     "load_daemon_settings",
+    "print_document",
     "with_progress",
 ]
 
@@ -167,6 +168,18 @@ def _destination_conflicts(
                 break
         seen.append((index, source, destination, managed))
     return problems
+
+
+def print_document(document: Any, form: str) -> None:
+    """Print ``document`` as ``form``: ``json`` (indented) or ``yaml`` (keys in order)."""
+    if form == "json":
+        import json  # noqa: PLC0415 - as yaml, only for the commands that print documents
+
+        print(json.dumps(document, indent=2))
+        return
+    import yaml  # noqa: PLC0415 - only the commands that print documents need it
+
+    print(yaml.safe_dump(document, sort_keys=False), end="")
 
 
 def with_progress(label: str, work: Callable[[], Any], stream: TextIO = sys.stderr) -> Any:
