@@ -23,4 +23,5 @@ pytest_plugins = [
     "daemon_process",
     "remote_sources",
     "containers",
+    "prefect_env",
 ]

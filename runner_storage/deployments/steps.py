@@ -6,6 +6,7 @@ from, relative to the working directory as Prefect gives it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,17 @@ import anyio
 
 from runner_storage.packaging.manifest import PackageManifest
 
-__all__ = ["apull_package", "apull_snapshot", "pull_package", "pull_snapshot"]
+__all__ = [
+    "agit_clone",
+    "apull_package",
+    "apull_snapshot",
+    "git_clone",
+    "pull_from_remote_storage",
+    "pull_package",
+    "pull_snapshot",
+    "pull_with_block",
+    "set_working_directory",
+]
 
 
 async def apull_package(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -97,6 +108,189 @@ def pull_snapshot(
         RunnerStorageError: the pull failed; what was published before stays.
     """
     return anyio.run(lambda: apull_snapshot(root, snapshot, ref, **settings))
+
+
+def set_working_directory(directory: str) -> dict[str, str]:
+    """Change the working directory to ``directory``; return ``{"directory": <absolute>}``.
+
+    As Prefect's: a relative path is relative to the folder the worker's pull started in
+    (Prefect's runner may run the steps in a fresh folder of its own), else to the current
+    working directory; a later step, and the flow, then run there.
+
+    Raises:
+        ConfigurationError: ``directory`` does not exist or is not a directory.
+    """
+    from runner_storage.exceptions import ConfigurationError  # noqa: PLC0415
+
+    target = Path(directory).expanduser()
+    started = _worker_start_directory()
+    if started is not None and not target.is_absolute():
+        target = started / target
+    try:
+        os.chdir(target)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"set_working_directory: cannot enter {directory!r} ({exc.strerror or exc}):"
+            " give a folder an earlier step published"
+        ) from None
+    return {"directory": os.getcwd()}
+
+
+def _worker_start_directory() -> Path | None:
+    """Where Prefect's worker started this pull, when a Prefect that records it runs us.
+
+    Prefect 3 keeps it in a context variable of its step runner; without Prefect (or with
+    one that does not record it) there is none, and relative paths mean the working
+    directory.
+    """
+    try:
+        from prefect.deployments.steps import core  # type: ignore[import-not-found]  # noqa: PLC0415
+    except ImportError:
+        return None
+    variable = getattr(core, "_PULL_STEP_SOURCE_CWD", None)
+    value = variable.get() if variable is not None and hasattr(variable, "get") else None
+    return Path(value) if isinstance(value, str | os.PathLike) else None
+
+
+async def agit_clone(  # noqa: PLR0917 - Prefect's signature, positional as there
+    repository: str,
+    branch: str | None = None,
+    commit_sha: str | None = None,
+    include_submodules: bool = False,
+    access_token: str | None = None,
+    credentials: Any = None,
+    directories: list[str] | None = None,
+    clone_directory_name: str | None = None,
+) -> dict[str, str]:
+    """The async form of :func:`git_clone`.
+
+    Raises:
+        ConfigurationError: ``access_token`` and ``credentials`` both given, or bad options.
+        RunnerStorageError: the pull failed; what was published before stays.
+    """
+    from runner_storage.exceptions import ConfigurationError  # noqa: PLC0415
+    from runner_storage.git import GitRepository  # noqa: PLC0415 - the engine, when used
+
+    if access_token and credentials:
+        # Prefect's rule and wording; ours is also a ValueError.
+        raise ConfigurationError(
+            "Please provide either an access token or credentials but not both."
+        )
+    storage = GitRepository(
+        repository,
+        credentials={"access_token": access_token} if access_token else credentials,
+        name=clone_directory_name,
+        branch=branch,
+        commit_sha=commit_sha,
+        include_submodules=include_submodules,
+        pull_interval=None,
+        directories=directories,
+    )
+    return await _publish_here(storage)
+
+
+def git_clone(  # noqa: PLR0917 - Prefect's signature, positional as there
+    repository: str,
+    branch: str | None = None,
+    commit_sha: str | None = None,
+    include_submodules: bool = False,
+    access_token: str | None = None,
+    credentials: Any = None,
+    directories: list[str] | None = None,
+    clone_directory_name: str | None = None,
+) -> dict[str, str]:
+    """Publish a git repository under the working directory; return its ``directory``.
+
+    Prefect's ``git_clone`` with its arguments and result, on runner-storage's engine: the
+    first call clones (blobless, sparse when ``directories`` are given) and publishes
+    ``<name>`` (Prefect's ``<repo>-<branch>`` unless ``clone_directory_name``) as a
+    symlink to an immutable version; a later call in the same worker fetches only what
+    changed, or does nothing, and never fails because the folder exists. A failed pull
+    keeps the last good tree. The token (``access_token``, or ``credentials``: a mapping
+    or a Prefect credentials block with ``token``/``access_token``, ``username``,
+    ``password``) is sent as an HTTP header, never written into ``.git/config``, argv or
+    the logs.
+
+    Example (``prefect.yaml``)::
+
+        pull:
+          - runner_storage.deployments.steps.git_clone:
+              requires: runner-storage
+              repository: https://github.com/acme/flows.git
+              branch: main
+              access_token: "{{ prefect.blocks.secret.github-token }}"
+
+    Raises:
+        ConfigurationError: ``access_token`` and ``credentials`` both given, or bad options.
+        RunnerStorageError: the pull failed; what was published before stays.
+    """
+    return anyio.run(
+        lambda: agit_clone(
+            repository,
+            branch=branch,
+            commit_sha=commit_sha,
+            include_submodules=include_submodules,
+            access_token=access_token,
+            credentials=credentials,
+            directories=directories,
+            clone_directory_name=clone_directory_name,
+        )
+    )
+
+
+async def pull_from_remote_storage(url: str, **settings: Any) -> dict[str, str]:
+    """Publish an fsspec URL under the working directory; return its ``directory``.
+
+    Prefect's ``pull_from_remote_storage`` (async, as Prefect's): ``settings`` go to the
+    fsspec filesystem; the destination is ``<netloc>/<path>``. Called again, it lists once
+    and downloads only new and changed objects, or nothing.
+
+    Example (``prefect.yaml``)::
+
+        pull:
+          - runner_storage.deployments.steps.pull_from_remote_storage:
+              requires: [runner-storage, s3fs]
+              url: s3://acme/flows
+              key: "{{ prefect.blocks.secret.aws-key-id }}"
+              secret: "{{ prefect.blocks.secret.aws-secret }}"
+
+    Raises:
+        ConfigurationError: a bad URL or setting.
+        RunnerStorageError: the pull failed; what was published before stays.
+    """
+    from runner_storage.remote import RemoteStorage  # noqa: PLC0415 - fsspec, when used
+
+    return await _publish_here(RemoteStorage(url, pull_interval=None, **settings))
+
+
+async def pull_with_block(block_document_name: str, block_type_slug: str) -> dict[str, str]:
+    """Publish what a saved Prefect block holds under the working directory.
+
+    As Prefect's: the block ``block_type_slug/block_document_name`` is loaded through
+    Prefect (so this step needs Prefect, as its worker has), then pulled with
+    :class:`~runner_storage.BlockStorageAdapter` under ``<slug>-<name>``.
+
+    Raises:
+        ConfigurationError: Prefect is not importable here.
+        RunnerStorageError: the pull failed; what was published before stays.
+        Exception: what Prefect raised loading the block (it does not exist, no API).
+    """
+    from runner_storage.blocks.adapter import BlockStorageAdapter  # noqa: PLC0415
+    from runner_storage.exceptions import ConfigurationError  # noqa: PLC0415
+
+    try:
+        from prefect.blocks.core import Block  # type: ignore[import-not-found]  # noqa: PLC0415
+    except ImportError:
+        raise ConfigurationError(
+            "pull_with_block loads the block through Prefect, which is not installed here:"
+            " run it under Prefect's worker, or use git_clone, pull_from_remote_storage or"
+            " pull_snapshot"
+        ) from None
+    block = await Block.aload(f"{block_type_slug}/{block_document_name}")
+    storage = BlockStorageAdapter(
+        block, pull_interval=None, name=f"{block_type_slug}-{block_document_name}"
+    )
+    return await _publish_here(storage)
 
 
 async def _publish_here(storage: Any) -> dict[str, str]:

@@ -52,7 +52,7 @@ def check_credentials(credentials: Any) -> None:
         if not any(
             callable(getattr(credentials, attr, None))
             for attr in ("format_git_credentials", "model_dump")
-        ):
+        ) and not _attributes(credentials):
             raise ConfigurationError(
                 "credentials must be a mapping such as {'access_token': ...} or a credentials"
                 f" block, not {type(credentials).__name__}"
@@ -65,12 +65,26 @@ def check_credentials(credentials: Any) -> None:
         )
 
 
+def _attributes(credentials: object) -> dict[str, Any]:
+    """The credential attributes of an object (``username`` and a secret), as a mapping.
+
+    Prefect lets ``credentials`` be any object with them; one with none is not credentials.
+    """
+    found = {
+        key: getattr(credentials, key)
+        for key in ("username", *TOKEN_KEYS)
+        if getattr(credentials, key, None) is not None
+    }
+    return found if any(key in found for key in TOKEN_KEYS) else {}
+
+
 def basic_auth(url: str, credentials: Any) -> tuple[str, str] | None:
     """Apply Prefect's credential rules and return ``(username, password)`` for HTTP Basic.
 
     ``credentials`` is a :class:`GitCredentials` mapping, an object with
-    ``format_git_credentials(url)`` (a Prefect credentials block), or an object with
-    ``model_dump()``. Returns None when there is nothing to send.
+    ``format_git_credentials(url)`` (a Prefect credentials block), an object with
+    ``model_dump()``, or one with the attributes (``username``, ``access_token``,
+    ``token``, ``password``). Returns None when there is nothing to send.
 
     Raises:
         ConfigurationError: the credentials cannot form a login for this host.
@@ -86,12 +100,13 @@ def basic_auth(url: str, credentials: Any) -> tuple[str, str] | None:
         return unquote(formatted.username), unquote(formatted.password or "")
     if not isinstance(credentials, Mapping):
         dump = getattr(credentials, "model_dump", None)
-        if not callable(dump):
+        attributes = _attributes(credentials)
+        if not callable(dump) and not attributes:
             raise ConfigurationError(
                 "git credentials must be a mapping with username/access_token or a"
                 f" credentials block, not {type(credentials).__name__}"
             )
-        credentials = dump()
+        credentials = dump() if callable(dump) else attributes
     token_value = token_of(credentials)
     if token_value is None:
         raise ConfigurationError(
@@ -122,5 +137,7 @@ def host_login(host: str, token: str) -> tuple[str, str]:
         if marker in host:
             user, sep, password = token.partition(":")
             return (user, password) if sep else (default_user, token)
-    # GitHub and anything else: the token alone, as the username (what a URL would carry).
-    return token, ""
+    # GitHub and anything else: the token alone, as the username (what a URL would carry),
+    # or, as Prefect documents for a secret holding both, "username:password".
+    user, sep, password = token.partition(":")
+    return (user, password) if sep else (token, "")
