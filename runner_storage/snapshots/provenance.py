@@ -27,9 +27,9 @@ def git_provenance(directory: Path) -> dict[str, Any]:
     removed; None without that remote).
     """
     try:
-        # GitPython looks for the git executable when imported; without it there is no
-        # provenance to read, which is not an error for a push.
-        os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        # GitPython looks for the git executable when imported and raises ImportError
+        # without it: no provenance to read, which is not an error for a push. (The
+        # process's environment is the user's: nothing here changes it.)
         import git  # noqa: PLC0415 - only pushes read provenance
     except ImportError:
         return {}
