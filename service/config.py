@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -89,6 +96,13 @@ class DaemonSettings(BaseSettings):
     backoff_max: float = Field(default=300.0, gt=0)
     sources: list[SourceSettings] = Field(default_factory=list)
 
+    # A prefect.yaml whose pull sections become sources (service.prefect_yaml).
+    prefect_yaml: Path | None = None
+    deployments: Annotated[list[str] | None, NoDecode] = None
+    blocks_file: Path | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    step_hooks: bool = False
+
     # One source described entirely by environment variables (sidecar style).
     source: str | None = None
     name: str | None = None
@@ -100,7 +114,13 @@ class DaemonSettings(BaseSettings):
     token: SecretStr | None = None
     token_file: Path | None = None
 
-    _split_directories = field_validator("directories", mode="before")(comma_list)
+    _split_lists = field_validator("directories", "deployments", mode="before")(comma_list)
+    _notes: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Lines about steps of the prefect.yaml that were skipped, for the log."""
+        return self._notes
 
     @classmethod
     def settings_customise_sources(
@@ -181,13 +201,17 @@ def secrets_dir(environ: Mapping[str, str]) -> Path | None:
 
 
 def load_settings(
-    config_file: Path | None = None, *, environ: Mapping[str, str] | None = None
+    config_file: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> DaemonSettings:
     """Load and validate the daemon settings.
 
     Args:
         config_file: a TOML or YAML file; defaults to ``RUNNER_STORAGE_CONFIG`` if set.
         environ: the environment to read (``os.environ`` by default).
+        overrides: settings given on the command line; they win over every other origin.
 
     Raises:
         SettingsError: every problem found, one line each, naming the field and its origin.
@@ -195,7 +219,8 @@ def load_settings(
     environ = dict(os.environ if environ is None else environ)
     if config_file is None and environ.get(f"{ENV_PREFIX}CONFIG"):
         config_file = Path(environ[f"{ENV_PREFIX}CONFIG"])
-    named: list[tuple[str, PydanticBaseSettingsSource]] = [
+    named: list[tuple[str, Any]] = [
+        ("command line", lambda: dict(overrides or {})),
         ("environment", _EnvSource(environ)),
     ]
     if config_file is not None:
@@ -225,7 +250,57 @@ def load_settings(
         raise SettingsError(described + problems, _valid_sources(values)) from None
     if problems:
         raise SettingsError(problems, list(enumerate(settings.all_sources())))
+    if settings.prefect_yaml is not None:
+        settings = _with_prefect_yaml(settings, directory, environ)
     return settings
+
+
+def _with_prefect_yaml(
+    settings: DaemonSettings, secrets: Path | None, environ: Mapping[str, str]
+) -> DaemonSettings:
+    """The settings with the prefect.yaml's sources after the configured ones.
+
+    Raises:
+        SettingsError: a step cannot be kept current, a placeholder cannot be resolved, or
+            a source it gives is invalid; one line each, naming the deployment and step.
+    """
+    from runner_storage.exceptions import ConfigurationError  # noqa: PLC0415
+    from runner_storage.steps.blockfile import BlockFile  # noqa: PLC0415
+    from runner_storage.steps.prefect_yaml import StepContext  # noqa: PLC0415
+    from service.prefect_yaml import sources_from_prefect_yaml  # noqa: PLC0415
+
+    assert settings.prefect_yaml is not None  # noqa: S101 - the caller checked
+    try:
+        blocks = BlockFile.load(settings.blocks_file, secrets_dir=secrets)
+    except ConfigurationError as exc:
+        raise SettingsError([f"blocks_file: {exc}"]) from None
+    translated = sources_from_prefect_yaml(
+        settings.prefect_yaml,
+        settings.deployments,
+        root=settings.root,
+        context=StepContext(environ=dict(environ), blocks=blocks, variables=settings.variables),
+        step_hooks=settings.step_hooks,
+    )
+    problems = list(translated.problems)
+    sources: list[SourceBase] = []
+    for options, origin in zip(translated.sources, translated.origins, strict=True):
+        try:
+            sources.append(parse_source(options))
+        except ValidationError as exc:
+            problems += [
+                f"{origin}: {format_location(error['loc'][1:]) or 'the step'}: {error['msg']}"
+                for error in exc.errors(include_url=False, include_input=False)
+            ]
+    if problems:
+        raise SettingsError(problems, list(enumerate(settings.all_sources())))
+    combined = settings.model_copy(update={"sources": [*settings.sources, *sources]})
+    combined._notes = tuple(translated.notes)
+    names = _duplicate_names(
+        {"sources": [{"name": source.name} for source in combined.sources if source.name]}
+    )
+    if names:
+        raise SettingsError([message for _, message in names])
+    return combined
 
 
 def _read_file(path: Path) -> PydanticBaseSettingsSource:
@@ -274,6 +349,10 @@ def _cross_field_problems(values: Mapping[str, Any]) -> list[tuple[Location, str
             for key in _SINGLE_SOURCE_OPTIONS
             if values.get(key) is not None
         ]
+    if values.get("deployments") and values.get("prefect_yaml") is None:
+        problems.append(
+            (("deployments",), "names deployments of a prefect.yaml, but prefect_yaml is not set")
+        )
     if values.get("token") is not None and values.get("token_file") is not None:
         problems.append((("token_file",), "give either token or token_file, not both"))
     problems += _single_source_problems(values)

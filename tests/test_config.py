@@ -50,6 +50,38 @@ class TestSources:
         assert isinstance(secret, Secret)
         assert secret.env_var == "AWS_SECRET_ACCESS_KEY"
 
+    def test_example_prefect_yaml_loads(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """examples/prefect: its two deployments become a git and an S3 source.
+
+        The git token stays the block file's reference to GITHUB_TOKEN under the Secret
+        block's name; the S3 secrets stay environment references; the variable gives the
+        endpoint; the top-level pip step becomes the git source's exec hook.
+        """
+        monkeypatch.chdir(EXAMPLES.parent)
+        environ = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        settings = load_settings(EXAMPLES / "prefect" / "daemon.toml", environ=environ)
+        flows, report = settings.all_sources()
+        assert isinstance(flows, GitSource)
+        assert (flows.source, flows.branch, flows.name) == (
+            "https://github.com/acme/flows.git",
+            "main",
+            None,
+        )
+        assert flows.credentials is not None
+        token = flows.credentials.token.to_secret()
+        assert token.env_var == "GITHUB_TOKEN"
+        assert token.placeholder() == "{{ prefect.blocks.secret.github-token }}"
+        assert flows.hooks.exec is not None
+        assert "/var/lib/runner-storage/flows-main" in flows.hooks.exec[2]
+        assert "requirements.txt" in flows.hooks.exec[2]
+        assert isinstance(report, RemoteSource)
+        settings_given = report.fsspec_settings()
+        assert settings_given["secret"].env_var == "AWS_SECRET_ACCESS_KEY"
+        assert settings_given["client_kwargs"] == {
+            "endpoint_url": "https://s3.eu-west-1.amazonaws.com"
+        }
+        assert settings.notes == ()
+
     def test_yaml_file(self, tmp_path: Path) -> None:
         """A YAML file is read like a TOML one."""
         path = write(

@@ -205,9 +205,49 @@ class TestOtherSteps:
         assert Path.cwd() == work
 
     @pytest.mark.anyio
-    async def test_pull_with_block_without_prefect_is_one_line(self, work: Path) -> None:
-        """Without Prefect there is no block to load: one line saying what to use instead."""
-        with pytest.raises(ConfigurationError, match="through Prefect") as caught:
+    async def test_pull_with_block_without_prefect_is_one_line(
+        self, work: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Neither a block file nor Prefect has the block: one line naming both ways out."""
+        monkeypatch.delenv("RUNNER_STORAGE_BLOCKS_FILE", raising=False)
+        with pytest.raises(ConfigurationError, match="no block s3-bucket/flows") as caught:
+            await pull_with_block("flows", "s3-bucket")
+        assert "RUNNER_STORAGE_BLOCKS_FILE" in str(caught.value)
+        assert "\n" not in str(caught.value)
+        assert os.listdir(work) == []
+
+    @pytest.mark.anyio
+    async def test_pull_with_block_from_the_block_file(
+        self, work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without Prefect, the block file named by RUNNER_STORAGE_BLOCKS_FILE gives the block.
+
+        A local-file-system block's tree is published under ``<slug>-<name>``, and a second
+        call with nothing changed publishes nothing new.
+        """
+        code = tmp_path / "code"
+        (code / "flows").mkdir(parents=True)
+        (code / "flows" / "etl.py").write_text("print('etl')\n")
+        blocks = tmp_path / "blocks.toml"
+        blocks.write_text(f'[local-file-system.flows]\nbasepath = "{code}"\n')
+        monkeypatch.setenv("RUNNER_STORAGE_BLOCKS_FILE", str(blocks))
+        first = await pull_with_block("flows", "local-file-system")
+        assert first == {"directory": "local-file-system-flows"}
+        published = work / "local-file-system-flows"
+        assert (published / "flows" / "etl.py").read_text() == "print('etl')\n"
+        version = published.resolve()
+        assert await pull_with_block("flows", "local-file-system") == first
+        assert published.resolve() == version
+
+    @pytest.mark.anyio
+    async def test_pull_with_block_of_a_type_it_cannot_pull(
+        self, work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A block file's block that is no filesystem block: one line naming the types."""
+        blocks = tmp_path / "blocks.toml"
+        blocks.write_text('[s3-bucket.flows]\nbucket_name = "acme"\n')
+        monkeypatch.setenv("RUNNER_STORAGE_BLOCKS_FILE", str(blocks))
+        with pytest.raises(ConfigurationError, match="remote-file-system") as caught:
             await pull_with_block("flows", "s3-bucket")
         assert "\n" not in str(caught.value)
         assert os.listdir(work) == []

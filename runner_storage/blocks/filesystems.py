@@ -41,7 +41,17 @@ from runner_storage.fs.pool import filesystem
 from runner_storage.fs.protocols import check_protocol, url_settings
 from runner_storage.secrets import resolve_settings, secret_values, strip_url_credentials
 
-__all__ = ["DEFAULT_TRANSFER_CONCURRENCY", "FileSystemBlock", "LocalFileSystem", "RemoteFileSystem"]
+__all__ = [
+    "BLOCK_CLASSES",
+    "DEFAULT_TRANSFER_CONCURRENCY",
+    "FileSystemBlock",
+    "LocalFileSystem",
+    "RemoteFileSystem",
+    "from_block_document",
+]
+
+#: The class of each filesystem block type slug runner-storage builds from a document.
+BLOCK_CLASSES = {"local-file-system": "LocalFileSystem", "remote-file-system": "RemoteFileSystem"}
 
 
 class LocalFileSystem(FileSystemBlock):
@@ -221,3 +231,30 @@ class RemoteFileSystem(FileSystemBlock):
 
     def _setting_names(self) -> list[str]:
         return sorted(self._settings)
+
+
+def from_block_document(
+    type_slug: str, name: str, fields: Mapping[str, Any]
+) -> LocalFileSystem | RemoteFileSystem:
+    """The filesystem block a Prefect block document describes (a local block file's).
+
+    ``local-file-system`` takes ``basepath``; ``remote-file-system`` takes ``basepath``
+    and ``settings`` (secrets in them as Secrets); Prefect's other fields are ignored.
+
+    Raises:
+        ConfigurationError: another block type, or no ``basepath``; one line.
+    """
+    if type_slug not in BLOCK_CLASSES:
+        raise ConfigurationError(
+            f"block {type_slug}/{name} is not a filesystem block runner-storage can pull:"
+            f" use {' or '.join(BLOCK_CLASSES)}"
+        )
+    basepath = fields.get("basepath")
+    if not isinstance(basepath, str) or not basepath:
+        raise ConfigurationError(f"block {type_slug}/{name} has no basepath: add one")
+    if type_slug == "local-file-system":
+        return LocalFileSystem(basepath)
+    settings = fields.get("settings") or {}
+    if not isinstance(settings, Mapping):
+        raise ConfigurationError(f"block {type_slug}/{name}: settings must be a table")
+    return RemoteFileSystem(basepath, settings=settings)

@@ -264,33 +264,66 @@ async def pull_from_remote_storage(url: str, **settings: Any) -> dict[str, str]:
 
 
 async def pull_with_block(block_document_name: str, block_type_slug: str) -> dict[str, str]:
-    """Publish what a saved Prefect block holds under the working directory.
+    """Publish what a saved block holds under the working directory.
 
-    As Prefect's: the block ``block_type_slug/block_document_name`` is loaded through
-    Prefect (so this step needs Prefect, as its worker has), then pulled with
-    :class:`~runner_storage.BlockStorageAdapter` under ``<slug>-<name>``.
+    As Prefect's: the block ``block_type_slug/block_document_name`` is pulled with
+    :class:`~runner_storage.BlockStorageAdapter` under ``<slug>-<name>``. The block comes
+    from the local block file when one holds it (the one ``runner-storage steps --run`` was
+    given, else the file ``RUNNER_STORAGE_BLOCKS_FILE`` names: a ``local-file-system`` or
+    ``remote-file-system`` block), else from Prefect (``Block.aload``, as its worker does).
 
     Raises:
-        ConfigurationError: Prefect is not importable here.
+        ConfigurationError: the block is in no block file and Prefect is not importable,
+            or the block file's block is not a filesystem block.
         RunnerStorageError: the pull failed; what was published before stays.
         Exception: what Prefect raised loading the block (it does not exist, no API).
     """
     from runner_storage.blocks.adapter import BlockStorageAdapter  # noqa: PLC0415
+    from runner_storage.blocks.filesystems import from_block_document  # noqa: PLC0415
     from runner_storage.exceptions import ConfigurationError  # noqa: PLC0415
 
+    blocks = _block_file()
     try:
-        from prefect.blocks.core import Block  # type: ignore[import-not-found]  # noqa: PLC0415
-    except ImportError:
-        raise ConfigurationError(
-            "pull_with_block loads the block through Prefect, which is not installed here:"
-            " run it under Prefect's worker, or use git_clone, pull_from_remote_storage or"
-            " pull_snapshot"
-        ) from None
-    block = await Block.aload(f"{block_type_slug}/{block_document_name}")
+        fields = blocks.document(block_type_slug, block_document_name)
+    except KeyError as exc:
+        fields, missing = None, str(exc.args[0])
+    if fields is not None:
+        block = from_block_document(block_type_slug, block_document_name, fields)
+    else:
+        try:
+            from prefect.blocks.core import Block  # type: ignore[import-not-found]  # noqa: PLC0415
+        except ImportError:
+            raise ConfigurationError(
+                f"pull_with_block: {missing}, and Prefect, which could load it, is not"
+                " installed here: add the block to a block file (RUNNER_STORAGE_BLOCKS_FILE)"
+                " or run the step under Prefect's worker"
+            ) from None
+        block = await Block.aload(f"{block_type_slug}/{block_document_name}")
     storage = BlockStorageAdapter(
         block, pull_interval=None, name=f"{block_type_slug}-{block_document_name}"
     )
     return await _publish_here(storage)
+
+
+def _block_file() -> Any:
+    """The block file in effect: the runner's, else ``RUNNER_STORAGE_BLOCKS_FILE``'s, else none.
+
+    Raises:
+        ConfigurationError: the file named cannot be read.
+    """
+    from runner_storage.steps.blockfile import BlockFile  # noqa: PLC0415
+    from runner_storage.steps.prefect_yaml import BLOCK_FILE  # noqa: PLC0415
+
+    current = BLOCK_FILE.get()
+    if current is not None:
+        return current
+    path = os.environ.get("RUNNER_STORAGE_BLOCKS_FILE")
+    secrets = os.environ.get("RUNNER_STORAGE_SECRETS_DIR") or os.environ.get(
+        "CREDENTIALS_DIRECTORY"
+    )
+    return BlockFile.load(
+        Path(path) if path else None, secrets_dir=Path(secrets) if secrets else None
+    )
 
 
 async def _publish_here(storage: Any) -> dict[str, str]:

@@ -78,6 +78,11 @@ class Secret:
         """The environment variable this secret is read from, if any."""
         return self._env
 
+    @property
+    def file_path(self) -> Path | None:
+        """The file this secret is read from, if any."""
+        return self._file
+
     def get(self) -> str:
         """Return the current value.
 

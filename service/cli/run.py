@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.cli import shared
@@ -31,7 +32,12 @@ def run_daemon(args: argparse.Namespace) -> int:
     from runner_storage import __version__  # noqa: PLC0415 - importlib.metadata is slow
     from service.logging import configure_logging  # noqa: PLC0415 - structlog is slow to load
 
-    settings = shared.load_daemon_settings(args.config)
+    overrides: dict[str, object] = {}
+    if args.prefect_yaml is not None:
+        overrides["prefect_yaml"] = args.prefect_yaml
+    if args.deployment:
+        overrides["deployments"] = args.deployment
+    settings = shared.load_daemon_settings(args.config, overrides)
     configure_logging(format=settings.log_format, level=settings.log_level)
     built = shared.build_all(settings)
     from service.daemon import Daemon, SourceRuntime, StartupError  # noqa: PLC0415
@@ -51,6 +57,8 @@ def run_daemon(args: argparse.Namespace) -> int:
             ]
         ) from None
     daemon = Daemon(settings, [SourceRuntime(source, storage) for source, storage in built])
+    for note in settings.notes:
+        daemon.log.warning("prefect_yaml_step_skipped", detail=note)
     daemon.log.info(
         "daemon_starting",
         version=__version__,
@@ -89,6 +97,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "--once",
         action="store_true",
         help="pull every source once, run its hooks, and exit; 0 only if all succeeded",
+    )
+    parser.add_argument(
+        "--prefect-yaml",
+        type=Path,
+        metavar="FILE",
+        help="keep the pull sections of this prefect.yaml's deployments current",
+    )
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        metavar="NAME",
+        help="only this deployment of the prefect.yaml (repeat for several; default all)",
     )
 
 

@@ -77,8 +77,15 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_daemon_settings(config: Path | None) -> DaemonSettings:
-    """The daemon's settings, with at least one source.
+def load_daemon_settings(
+    config: Path | None, overrides: dict[str, Any] | None = None, *, need_sources: bool = True
+) -> DaemonSettings:
+    """The daemon's settings, with at least one source unless ``need_sources`` is False.
+
+    Args:
+        config: the ``--config`` file, if given.
+        overrides: settings given by command-line options (they win).
+        need_sources: whether settings without a source are a usage error.
 
     Raises:
         UsageError: every problem of the settings, and of the sources valid on their own.
@@ -87,17 +94,17 @@ def load_daemon_settings(config: Path | None) -> DaemonSettings:
     from service.config import DaemonSettings, SettingsError, load_settings  # noqa: PLC0415
 
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, overrides=overrides)
     except SettingsError as exc:
         # The sources that are valid on their own still get their storages' checks, so
         # that every problem is reported at once.
         _, problems = build_sources(exc.sources, DaemonSettings.model_construct())
         raise UsageError(exc.problems + problems) from None
-    if not settings.all_sources():
+    if need_sources and not settings.all_sources():
         raise UsageError(
             [
-                "no sources configured: add [[sources]] to the config file or set"
-                " RUNNER_STORAGE_SOURCE"
+                "no sources configured: add [[sources]] to the config file, set"
+                " RUNNER_STORAGE_SOURCE, or give --prefect-yaml"
             ]
         )
     return settings
