@@ -50,6 +50,7 @@ from runner_storage.steps.templating import (
     PlaceholderKind,
     UnresolvedPlaceholderError,
     find_placeholders,
+    render,
 )
 
 __all__ = ["Translated", "sources_from_prefect_yaml"]
@@ -198,9 +199,7 @@ class _Deployment:
             key: self._env_secrets(value) if _holds_secrets(key, secret_keys) else value
             for key, value in step.inputs.items()
         }
-        rendered = self.context.render(
-            PullStep(step.index, step.function, inputs, step.id), where=self.where
-        )
+        rendered: dict[str, Any] = render(inputs, self.context.resolve)
         return {
             key: walk(value, _secret_table)
             if _holds_secrets(key, secret_keys)
@@ -225,6 +224,14 @@ class _Deployment:
             return item
 
         return walk(value, convert)
+
+    def _env_value(self, value: Any) -> Any:
+        """An ``env`` value of a shell step: a whole ``{{ $VAR }}`` kept as a reference."""
+        found = find_placeholders(value) if isinstance(value, str) else []
+        if len(found) == 1 and found[0].text == value and found[0].kind is PlaceholderKind.ENV:
+            self.context.resolve(found[0])  # set now, or one line naming it
+            return _EnvReference(found[0])
+        return render(value, self.context.resolve)
 
     def _directory(self, value: Any) -> Path:
         if not isinstance(value, str) or not value:
@@ -271,10 +278,14 @@ class _Deployment:
             translated.notes.append(f"{label}: no source before it to run after; skipped")
             return
         _check_arguments(step, step.kind or "")
-        inputs = self.context.render(
-            PullStep(step.index, step.function, step.inputs, step.id),
-            where=self.where,
-        )
+        given = dict(step.inputs)
+        # A whole {{ $VAR }} in env stays a reference the hook's shell expands from its
+        # own environment: its value never reaches the hook's command line.
+        env = given.pop("env", None) or {}
+        if not isinstance(env, Mapping):
+            raise ConfigurationError("env must be a mapping of variable names to values")
+        inputs: dict[str, Any] = render(given, self.context.resolve)
+        inputs["env"] = {name: self._env_value(value) for name, value in env.items()}
         for placeholder in find_placeholders(step.inputs):
             if placeholder.kind is PlaceholderKind.BLOCK and is_secret_like(
                 self.context.resolve(placeholder)
@@ -448,15 +459,24 @@ def _hook_script(kind: str, inputs: Mapping[str, Any], directory: Path) -> str:
         requirements = str(inputs.get("requirements_file") or "requirements.txt")
         lines.append(shlex.join([sys.executable, "-m", "pip", "install", "-q", "-r", requirements]))
     else:
+        env = inputs.get("env") or {}
         lines += [
-            f"export {name}={shlex.quote(str(value))}"
-            for name, value in (inputs.get("env") or {}).items()
+            # A reference is expanded by the hook's shell from its own environment.
+            f'export {name}="${{{value.placeholder.key}}}"'
+            if isinstance(value, _EnvReference)
+            else f"export {name}={shlex.quote(str(value))}"
+            for name, value in env.items()
             if str(name).isidentifier()
         ]
         script = str(inputs.get("script") or "")
         environment = {
             **os.environ,
-            **{str(k): str(v) for k, v in (inputs.get("env") or {}).items()},
+            **{
+                str(k): os.environ.get(v.placeholder.key, "")
+                if isinstance(v, _EnvReference)
+                else str(v)
+                for k, v in env.items()
+            },
         }
         expand = bool(inputs.get("expand_env_vars"))
         for line in script.splitlines():

@@ -171,10 +171,13 @@ def _steps(section: Any, path: Path, deployment: str) -> tuple[PullStep, ...]:
                 f"{where}: step {index} must be one function name with its inputs, as"
                 " `- prefect.deployments.steps.git_clone: {repository: ...}`"
             )
-        ((function, inputs),) = step.items()
-        inputs = dict(inputs or {})
-        if not isinstance(function, str) or not isinstance(inputs, dict):
-            raise ConfigurationError(f"{where}: step {index} has no inputs mapping")
+        ((function, given),) = step.items()
+        if not isinstance(function, str) or not isinstance(given, Mapping | None):
+            raise ConfigurationError(
+                f"{where}: step {index} must give its inputs as a mapping, as"
+                " `- prefect.deployments.steps.git_clone: {repository: ...}`"
+            )
+        inputs = dict(given or {})
         keywords = {key: inputs.pop(key) for key in _RESERVED if key in inputs}
         step_id = keywords.get("id")
         steps.append(
