@@ -9,9 +9,10 @@ PYTEST_ARGS ?=
 
 # Debian packages the tests need: sshd for ssh:// sources, openssl for the HTTPS git server;
 # podman + runc + debootstrap build and run the container image for real (tests/test_deploy.py,
-# tests/containers.py), systemd-analyze verifies the unit files.
+# tests/containers.py), systemd-analyze verifies the unit files; docker-registry serves images
+# to tests/test_storage_docker.py.
 SYSTEM_TOOLS := /usr/sbin/sshd /usr/bin/openssl /usr/bin/git /usr/bin/podman /usr/sbin/runc \
-	/usr/sbin/debootstrap /usr/bin/systemd-analyze
+	/usr/sbin/debootstrap /usr/bin/systemd-analyze /usr/bin/docker-registry
 
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do [ -x $$t ] || missing=1; done; \
@@ -20,7 +21,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    openssh-server openssh-client openssl git ca-certificates \
-	    podman runc debootstrap systemd >/dev/null; \
+	    podman runc debootstrap systemd docker-registry >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -10,6 +10,9 @@ step                          source
 ``pull_from_remote_storage``  ``kind = "remote"``
 ``pull_snapshot``             ``kind = "snapshot"``
 ``pull_with_block``           ``kind = "block"`` (from the block file)
+``pull_codecommit``           ``kind = "codecommit"`` (Prefect 1's CodeCommit)
+``pull_docker_image``         ``kind = "docker"`` (Prefect 1's Docker, an image)
+``pull_webhook``              ``kind = "webhook"`` (Prefect 1's Webhook)
 ``set_working_directory``     where later steps run; no source
 ``run_shell_script``,         the exec hook of the source before them when
 ``pip_install_requirements``  ``step_hooks`` is on; otherwise skipped, with a note
@@ -162,7 +165,8 @@ class _Deployment:
         if kind is None:
             raise ConfigurationError(
                 f"{step.function} is not a step runner-storage can keep current: use"
-                " git_clone, pull_from_remote_storage, pull_snapshot or pull_with_block,"
+                " git_clone, pull_from_remote_storage, pull_snapshot, pull_with_block,"
+                " pull_codecommit, pull_docker_image or pull_webhook,"
                 " or leave this deployment out (--deployment)"
             )
         if kind in FLOW_RUN_STEPS:
@@ -174,6 +178,9 @@ class _Deployment:
             )
             return
         _check_arguments(step, kind)
+        if kind == "pull_webhook":
+            self._add(step, self._webhook_source(step))
+            return
         inputs = self._render(step, secret_keys=_SECRET_INPUTS.get(kind, ()))
         if kind == "set_working_directory":
             directory = self._directory(inputs.get("directory"))
@@ -185,9 +192,60 @@ class _Deployment:
             "pull_from_remote_storage": _remote_source,
             "pull_snapshot": _snapshot_source,
             "pull_with_block": self._block_source,
+            "pull_codecommit": _codecommit_source,
+            "pull_docker_image": _docker_source,
         }[kind](inputs)
+        self._add(step, options)
+
+    def _add(self, step: PullStep, options: dict[str, Any]) -> None:
         self.context.record(step, {"directory": str(self.root / options["_destination"])})
         self.sources.append((options, f"{self.where} ({step.describe()})"))
+
+    def _webhook_source(self, step: PullStep) -> dict[str, Any]:
+        """Our ``pull_webhook`` step as a ``webhook`` source, secrets read at every pull.
+
+        Each ``{{ $VAR }}`` becomes Prefect 1's ``${VAR}``, which the webhook source fills
+        from the environment at each pull; every other placeholder is rendered now, and
+        ``$`` elsewhere is written as ``$$``. A secret block would be written into the
+        settings, so it is refused.
+        """
+
+        def template(item: Any, _key: str | None, _path: str) -> Any:
+            if not isinstance(item, str):
+                return DESCEND
+            written, rest = [], item
+            for placeholder in find_placeholders(item):
+                before, _, rest = rest.partition(placeholder.text)
+                written.append(before.replace("$", "$$"))
+                value = self.context.resolve(placeholder)  # set now, or one line naming it
+                if placeholder.kind is PlaceholderKind.ENV:
+                    written.append(f"${{{placeholder.key}}}")
+                elif is_secret_like(value):
+                    raise ConfigurationError(
+                        f"{placeholder.text} is a secret, which a webhook source would keep"
+                        " in its settings: use {{ $VAR }} instead"
+                    )
+                else:
+                    written.append(str(value).replace("$", "$$"))
+            return "".join(written) + rest.replace("$", "$$")
+
+        inputs = dict(step.inputs)
+        url = (inputs.get("get_flow_request_kwargs") or {}).get("url")
+        options: dict[str, Any] = {"kind": "webhook"}
+        for key in ("get_flow_request_kwargs", "get_flow_request_http_method"):
+            if inputs.get(key) is not None:
+                options[key] = walk(inputs[key], template)
+        for key in ("flow_script_path", "name"):
+            if inputs.get(key) is not None:
+                options[key] = render(inputs[key], self.context.resolve)
+        if not isinstance(url, str) or not url:
+            raise ConfigurationError("get_flow_request_kwargs must hold the url of the flow")
+        from runner_storage.storage.webhook import default_name  # noqa: PLC0415
+
+        options["_destination"] = options.get("name") or default_name(
+            options["get_flow_request_kwargs"]["url"], options.get("flow_script_path")
+        )
+        return options
 
     def _render(self, step: PullStep, *, secret_keys: Sequence[str] | str) -> dict[str, Any]:
         """The step's inputs resolved; secrets at ``secret_keys`` stay secret references.
@@ -309,6 +367,7 @@ _SECRET_INPUTS: dict[str, Sequence[str] | str] = {
     "git_clone": ("access_token", "credentials"),
     "pull_from_remote_storage": "*",
     "pull_snapshot": "*",
+    "pull_docker_image": ("password",),
 }
 _ALL_BUT_LOCATION = "*"
 #: The inputs that say where the code is, never secrets.
@@ -331,6 +390,9 @@ def _check_arguments(step: PullStep, kind: str) -> None:
         "pull_snapshot": steps.pull_snapshot,
         "pull_with_block": steps.pull_with_block,
         "set_working_directory": steps.set_working_directory,
+        "pull_codecommit": steps.pull_codecommit,
+        "pull_docker_image": steps.pull_docker_image,
+        "pull_webhook": steps.pull_webhook,
     }
     function = functions.get(kind)
     if function is None:
@@ -449,6 +511,40 @@ def _snapshot_source(inputs: Mapping[str, Any]) -> dict[str, Any]:
     if settings:
         options["settings"] = settings
     options["_destination"] = destination_name(root.removeprefix("snapshot+"))
+    return options
+
+
+def _codecommit_source(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Our ``pull_codecommit`` step as a ``codecommit`` source (no secret in it)."""
+    from runner_storage.storage.git import split_ref  # noqa: PLC0415
+
+    repo = inputs.get("repo")
+    if not isinstance(repo, str) or not repo:
+        raise ConfigurationError("repo must be the CodeCommit repository's name")
+    options: dict[str, Any] = {"kind": "codecommit"}
+    for key in ("repo", "path", "commit", "client_options", "name"):
+        if inputs.get(key) is not None:
+            options[key] = inputs[key]
+    branch, sha = split_ref(inputs.get("commit"))
+    ref = branch or (sha[:12] if sha else None)
+    options["_destination"] = inputs.get("name") or (f"{repo}-{ref}" if ref else repo)
+    return options
+
+
+def _docker_source(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Our ``pull_docker_image`` step as a ``docker`` source (the password a reference)."""
+    from runner_storage.storage.registry import ImageReference  # noqa: PLC0415
+
+    image = inputs.get("image")
+    if not isinstance(image, str) or not image:
+        raise ConfigurationError("image must be an image reference, host/repository:tag")
+    options: dict[str, Any] = {"kind": "docker"}
+    for key in ("image", "path", "username", "insecure", "name"):
+        if inputs.get(key) is not None:
+            options[key] = inputs[key]
+    if inputs.get("password") is not None:
+        options["password"] = _as_table(inputs["password"])
+    options["_destination"] = inputs.get("name") or ImageReference.parse(image).repository
     return options
 
 

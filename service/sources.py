@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from runner_storage.exceptions import ConfigurationError
-from runner_storage.factory import SourceKind, classify_source
+from runner_storage.factory import classify_source
 from runner_storage.secrets import strip_url_credentials
 from service.options import (
     GitCredentialSettings,
@@ -47,16 +47,28 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SOURCE_KIND_ERROR",
+    "AzureSource",
+    "BitbucketSource",
     "BlockSource",
+    "CodeCommitSource",
+    "DockerSource",
+    "GCSSource",
+    "Git1Source",
     "GitCredentialSettings",
+    "GitHubSource",
+    "GitLabSource",
     "GitSource",
     "HookSettings",
     "LocalSource",
+    "ModuleSource",
+    "Prefect1Source",
     "RemoteSource",
+    "S3Source",
     "SecretRef",
     "SnapshotSource",
     "SourceBase",
     "SourceSettings",
+    "WebhookSource",
     "parse_source",
 ]
 
@@ -74,7 +86,7 @@ class SourceBase(Strict, abc.ABC):
     #: Whether ``source`` describes a source of this kind (False: it is derived).
     described_by_source: ClassVar[bool] = True
 
-    kind: SourceKind | Literal["block"]
+    kind: str
     name: str | None = None
     source: str = Field(min_length=1)
     pull_interval: float | None = Field(default=60.0, gt=0)
@@ -348,6 +360,265 @@ class BlockSource(SourceBase):
         )
 
 
+class Prefect1Source(SourceBase):
+    """A Prefect 1 flow storage (``runner_storage.storage``), described by its arguments.
+
+    The options are the class's own constructor arguments, by Prefect 1's names; secrets
+    are named as in Prefect 1 (``access_token_secret = "GITHUB_ACCESS_TOKEN"``) and read
+    at every pull from the environment or the secrets directory. ``source`` is not given:
+    it is made from the arguments, for logs and ``/sources``.
+    """
+
+    described_by_source: ClassVar[bool] = False
+    #: ``module:Class`` of the storage.
+    storage_class: ClassVar[str]
+    #: The options that make up the shown ``source``.
+    shown_by: ClassVar[tuple[str, ...]]
+    #: Whether the storage publishes (False: used where it is, like a local source).
+    publishes: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_from_arguments(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        if "source" in data:
+            raise ValueError(
+                f"source does not apply to {cls.model_fields['kind'].default} sources: their"
+                " options say where the code is; remove source"
+            )
+        return {**data, "source": f"{cls.model_fields['kind'].default}:{cls.describe(data)}"}
+
+    @classmethod
+    def describe(cls, data: Mapping[str, Any]) -> str:
+        """The source as shown in logs and ``/sources``: the :attr:`shown_by` options."""
+        parts = [str(data[key]) for key in cls.shown_by if data.get(key) not in (None, "")]
+        return "/".join(parts) or "?"
+
+    @classmethod
+    def placeholder(cls) -> dict[str, Any]:
+        """The least a valid source of this kind holds."""
+        return dict.fromkeys(cls.shown_by[:1], "placeholder")
+
+    def arguments(self) -> dict[str, Any]:
+        """The storage's constructor arguments: this kind's own options that were set."""
+        own = set(type(self).model_fields) - set(SourceBase.model_fields)
+        return {key: getattr(self, key) for key in sorted(own) if key in self.model_fields_set}
+
+    def _new_storage(self, retention: dict[str, Any]) -> ManagedStorage | LocalStorage:
+        import importlib  # noqa: PLC0415
+
+        module, _, name = self.storage_class.partition(":")
+        factory = getattr(importlib.import_module(module), name)
+        arguments = self.arguments()
+        if self.publishes:
+            arguments.update(name=self.name, **retention)
+        elif self.name is not None or self.hooks.configured():
+            raise ConfigurationError(
+                f"name and hooks do not apply to {self.kind} sources: their code is used"
+                " where it is"
+            )
+        storage: ManagedStorage | LocalStorage = factory(
+            **arguments, pull_interval=self.pull_interval
+        )
+        return storage
+
+
+class GitHubSource(Prefect1Source):
+    """Prefect 1's ``GitHub``: ``repo``, ``path``, ``ref``, the token secret, ``base_url``."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.hosts:GitHub"
+    shown_by: ClassVar[tuple[str, ...]] = ("repo", "path")
+    kind: Literal["github"] = "github"
+    repo: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    ref: str | None = None
+    access_token_secret: str | None = None
+    base_url: str | None = None
+
+
+class GitLabSource(Prefect1Source):
+    """Prefect 1's ``GitLab``: ``repo`` (path or id), ``host``, ``path``, ``ref``, token secret."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.hosts:GitLab"
+    shown_by: ClassVar[tuple[str, ...]] = ("repo", "path")
+    kind: Literal["gitlab"] = "gitlab"
+    repo: str | int
+    host: str | None = None
+    path: str = Field(min_length=1)
+    ref: str | None = None
+    access_token_secret: str | None = None
+
+
+class BitbucketSource(Prefect1Source):
+    """Prefect 1's ``Bitbucket``: Server (``host``) or Cloud (``workspace``)."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.hosts:Bitbucket"
+    shown_by: ClassVar[tuple[str, ...]] = ("project", "repo", "path")
+    kind: Literal["bitbucket"] = "bitbucket"
+    project: str = Field(min_length=1)
+    repo: str = Field(min_length=1)
+    workspace: str | None = None
+    host: str | None = None
+    path: str = Field(min_length=1)
+    ref: str | None = None
+    access_token_secret: str | None = None
+    cloud_username_secret: str | None = None
+    cloud_app_password_secret: str | None = None
+
+
+class CodeCommitSource(Prefect1Source):
+    """Prefect 1's ``CodeCommit``: ``repo``, ``path``, ``commit``, ``client_options``."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.codecommit:CodeCommit"
+    shown_by: ClassVar[tuple[str, ...]] = ("repo", "path")
+    kind: Literal["codecommit"] = "codecommit"
+    repo: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    commit: str | None = None
+    client_options: dict[str, Any] | None = None
+
+
+class Git1Source(Prefect1Source):
+    """Prefect 1's ``Git`` (kind ``git1``: ``git`` is the git repository source)."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.git:Git"
+    shown_by: ClassVar[tuple[str, ...]] = ("repo_host", "repo", "flow_path")
+    kind: Literal["git1"] = "git1"
+    flow_path: str = Field(min_length=1)
+    repo: str | None = None
+    repo_host: str = "github.com"
+    flow_name: str | None = None
+    git_token_secret_name: str | None = None
+    git_token_username: str | None = None
+    git_clone_url_secret_name: str | None = None
+    branch_name: str | None = None
+    tag: str | None = None
+    commit: str | None = None
+    clone_depth: int = Field(default=1, ge=0)
+    use_ssh: bool = False
+    format_access_token: bool = True
+
+
+class S3Source(Prefect1Source):
+    """Prefect 1's ``S3``: ``bucket``, ``key``, ``client_options`` (boto3's)."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.buckets:S3"
+    shown_by: ClassVar[tuple[str, ...]] = ("bucket", "key")
+    kind: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    client_options: dict[str, Any] | None = None
+
+    _secret_tables = field_validator("client_options")(
+        lambda value: secret_tables(value) if value else value
+    )
+
+
+class GCSSource(Prefect1Source):
+    """Prefect 1's ``GCS``: ``bucket``, ``key``, ``project``, and gcsfs ``settings``."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.buckets:GCS"
+    shown_by: ClassVar[tuple[str, ...]] = ("bucket", "key")
+    kind: Literal["gcs"] = "gcs"
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    project: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    _secret_tables = field_validator("settings")(secret_tables)
+
+
+class AzureSource(Prefect1Source):
+    """Prefect 1's ``Azure``: ``container``, ``blob_name``, ``connection_string_secret``."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.buckets:Azure"
+    shown_by: ClassVar[tuple[str, ...]] = ("container", "blob_name")
+    kind: Literal["azure"] = "azure"
+    container: str = Field(min_length=1)
+    blob_name: str = Field(min_length=1)
+    connection_string_secret: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    _secret_tables = field_validator("settings")(secret_tables)
+
+
+class ModuleSource(Prefect1Source):
+    """Prefect 1's ``Module``: an installed module, used where it is."""
+
+    storage_class: ClassVar[str] = "runner_storage.storage.local:Module"
+    shown_by: ClassVar[tuple[str, ...]] = ("module",)
+    publishes: ClassVar[bool] = False
+    kind: Literal["module"] = "module"
+    module: str = Field(min_length=1)
+
+
+class WebhookSource(Prefect1Source):
+    """Prefect 1's ``Webhook``: the get request, templated as Prefect 1 templated it.
+
+    Its ``$VAR`` placeholders are filled from the environment and the named secrets at
+    every pull. Only the get request is needed to pull; the build request is the deploy
+    side's.
+    """
+
+    storage_class: ClassVar[str] = "runner_storage.storage.webhook:Webhook"
+    shown_by: ClassVar[tuple[str, ...]] = ("flow_script_path",)
+    kind: Literal["webhook"] = "webhook"
+    get_flow_request_kwargs: dict[str, Any]
+    get_flow_request_http_method: str = "GET"
+    flow_script_path: str | None = None
+
+    @classmethod
+    def describe(cls, data: Mapping[str, Any]) -> str:
+        """The url as written (templates unfilled, so no secret), without its query."""
+        request = data.get("get_flow_request_kwargs")
+        url = request.get("url") if isinstance(request, Mapping) else None
+        if isinstance(url, str):
+            return strip_url_credentials(url).split("?", 1)[0]
+        return super().describe(data)
+
+    @classmethod
+    def placeholder(cls) -> dict[str, Any]:
+        """The least a valid webhook source holds."""
+        return {"get_flow_request_kwargs": {"url": "https://example.com/flow.py"}}
+
+    def arguments(self) -> dict[str, Any]:
+        """Prefect 1's arguments: no build request, the get request as given."""
+        return {
+            "build_request_kwargs": None,
+            "build_request_http_method": None,
+            **super().arguments(),
+            "get_flow_request_http_method": self.get_flow_request_http_method,
+        }
+
+
+class DockerSource(Prefect1Source):
+    """Prefect 1's ``Docker``: ``path`` where it is, or extracted from ``image``'s layers.
+
+    ``username`` and ``password`` log in to the registry; ``password`` is a secret value
+    (``{ env = "VAR" }``, ``{ file = "/path" }``).
+    """
+
+    storage_class: ClassVar[str] = "runner_storage.storage.docker:Docker"
+    shown_by: ClassVar[tuple[str, ...]] = ("image", "registry_url", "image_name", "path")
+    kind: Literal["docker"] = "docker"
+    path: str = Field(min_length=1)
+    image: str | None = None
+    registry_url: str | None = None
+    image_name: str | None = None
+    image_tag: str | None = None
+    username: str | None = None
+    password: SecretRef | None = None
+    insecure: bool | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments, the password as a library secret."""
+        arguments = super().arguments()
+        if self.password is not None:
+            arguments["password"] = self.password.to_secret()
+        return arguments
+
+
 #: The model of each kind, by its tag. A new kind: its model here and in SourceSettings.
 MODELS: dict[str, type[SourceBase]] = {
     "git": GitSource,
@@ -355,6 +626,17 @@ MODELS: dict[str, type[SourceBase]] = {
     "snapshot": SnapshotSource,
     "local": LocalSource,
     "block": BlockSource,
+    "github": GitHubSource,
+    "gitlab": GitLabSource,
+    "bitbucket": BitbucketSource,
+    "codecommit": CodeCommitSource,
+    "git1": Git1Source,
+    "s3": S3Source,
+    "gcs": GCSSource,
+    "azure": AzureSource,
+    "module": ModuleSource,
+    "docker": DockerSource,
+    "webhook": WebhookSource,
 }
 
 
@@ -382,7 +664,18 @@ SourceSettings = Annotated[
     | Annotated[RemoteSource, Tag("remote")]
     | Annotated[SnapshotSource, Tag("snapshot")]
     | Annotated[LocalSource, Tag("local")]
-    | Annotated[BlockSource, Tag("block")],
+    | Annotated[BlockSource, Tag("block")]
+    | Annotated[GitHubSource, Tag("github")]
+    | Annotated[GitLabSource, Tag("gitlab")]
+    | Annotated[BitbucketSource, Tag("bitbucket")]
+    | Annotated[CodeCommitSource, Tag("codecommit")]
+    | Annotated[Git1Source, Tag("git1")]
+    | Annotated[S3Source, Tag("s3")]
+    | Annotated[GCSSource, Tag("gcs")]
+    | Annotated[AzureSource, Tag("azure")]
+    | Annotated[ModuleSource, Tag("module")]
+    | Annotated[DockerSource, Tag("docker")]
+    | Annotated[WebhookSource, Tag("webhook")],
     Discriminator(
         _source_kind,
         custom_error_type=SOURCE_KIND_ERROR,

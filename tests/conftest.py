@@ -20,6 +20,8 @@ pytest_plugins = [
     "servers.http_files",
     "servers.kv",
     "servers.fault_proxy",
+    "servers.registry",
+    "servers.webhook",
     "daemon_process",
     "remote_sources",
     "containers",

@@ -38,11 +38,13 @@ from servers.git_http import GitHTTPServer
 from servers.gitrepo import INITIAL_FILES, UpstreamRepo, UpstreamRepoFactory
 from servers.procs import LOOPBACK, ThreadedHTTPServerHandle
 from servers.s3 import S3Server
+from servers.webhook import WebhookServer
 
 from runner_storage import GitRepository, RemoteStorage, Secret, SnapshotStorage
 from runner_storage.blocks.storage import FileStorageBlock
 from runner_storage.packaging import DeploymentSpec, ScriptPackager
 from runner_storage.snapshots import push_snapshot
+from runner_storage.storage import S3, Webhook
 
 # Whichever test runs first also builds the Prefect environment (minutes, once); every
 # process a test starts has a short deadline of its own (RUN_TIMEOUT).
@@ -949,3 +951,72 @@ class TestEmittedPullSteps:
             for (requires, _), printed in zip(forms, worker.section_stdout, strict=True)
         }
         assert installed == {json.dumps(requires): installs for requires, installs in forms}
+
+
+class TestPrefect1Steps:
+    """The steps Prefect 1's storages emit run under Prefect 3's own run_steps."""
+
+    def test_webhook_step_then_a_304_no_op(
+        self,
+        prefect_worker: Worker,
+        workdir: Path,
+        webhook_server: WebhookServer,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Webhook's ``pull_webhook``: Prefect fills ``{{ $VAR }}``, the script arrives.
+
+        A second flow run of the same worker is one conditional request answered 304;
+        the key is in none of Prefect's output or the files written.
+        """
+        key = "whk-prefect-" + "5e1d" * 5
+        webhook_server.required_headers = {"X-Api-Key": key}
+        webhook_server.put("/flows/etl.py", b"print('etl')\n", etag='"v1"')
+        monkeypatch.setenv("RS_PREFECT_WEBHOOK_KEY", key)
+        storage = Webhook(
+            None,
+            None,
+            {
+                "url": webhook_server.url("/flows/etl.py"),
+                "headers": {"X-Api-Key": "$RS_PREFECT_WEBHOOK_KEY"},
+            },
+            "GET",
+            flow_script_path="etl.py",
+        )
+        step = storage.to_pull_step()
+        worker = prefect_worker([Run([step]), Run([step])], RS_PREFECT_WEBHOOK_KEY=key)
+        first = worker.outputs()
+        assert (workdir / first["directory"] / "etl.py").read_text() == "print('etl')\n"
+        assert worker.outputs() == first
+        worker.finish()
+        statuses = [request.status for request in webhook_server.requests_to("/flows/etl.py")]
+        assert statuses == [200, 304]
+        assert key not in worker.stdout + worker.stderr
+        assert files_holding(key, workdir) == []
+
+    def test_prefect1_s3_step(
+        self,
+        prefect_worker: Worker,
+        workdir: Path,
+        s3_server: S3Server,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Prefect 1's ``S3`` becomes our ``pull_from_remote_storage``: the folder holds the file.
+
+        Prefect's own step would copy the object to the path its ``directory`` names.
+        """
+        bucket = s3_server.new_bucket("prefect1")
+        s3_server.put(bucket, "etl/flow.py", "print('s3')\n")
+        monkeypatch.setenv(S3_SECRET_VARIABLE, s3_server.secret)
+        storage = S3(
+            bucket,
+            "etl/flow.py",
+            client_options={
+                "endpoint_url": s3_server.endpoint_url,
+                "aws_access_key_id": s3_server.key,
+                "aws_secret_access_key": Secret.from_env(S3_SECRET_VARIABLE),
+            },
+        )
+        step = storage.to_pull_step()
+        assert f"{OURS}.pull_from_remote_storage" in step
+        outputs = run_once(prefect_worker, [step], **{S3_SECRET_VARIABLE: s3_server.secret})
+        assert (workdir / outputs["directory"] / "flow.py").read_text() == "print('s3')\n"

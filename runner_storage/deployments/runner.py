@@ -109,6 +109,9 @@ async def _run_one(step: PullStep, inputs: dict[str, Any], *, where: str) -> Any
             "pull_from_remote_storage": steps.pull_from_remote_storage,
             "pull_with_block": steps.pull_with_block,
             "set_working_directory": steps.set_working_directory,
+            "pull_codecommit": steps.pull_codecommit,
+            "pull_docker_image": steps.pull_docker_image,
+            "pull_webhook": steps.pull_webhook,
         }
         function = functions[kind]
     else:

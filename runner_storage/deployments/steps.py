@@ -9,20 +9,28 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from runner_storage._lazy import lazy_exports
 from runner_storage.packaging.manifest import PackageManifest
+
+if TYPE_CHECKING:
+    from runner_storage.storage.docker import pull_docker_image
+    from runner_storage.storage.webhook import pull_webhook
 
 __all__ = [
     "agit_clone",
     "apull_package",
     "apull_snapshot",
     "git_clone",
+    "pull_codecommit",
+    "pull_docker_image",
     "pull_from_remote_storage",
     "pull_package",
     "pull_snapshot",
+    "pull_webhook",
     "pull_with_block",
     "set_working_directory",
 ]
@@ -263,6 +271,37 @@ async def pull_from_remote_storage(url: str, **settings: Any) -> dict[str, str]:
     return await _publish_here(RemoteStorage(url, pull_interval=None, **settings))
 
 
+async def pull_codecommit(
+    repo: str,
+    path: str,
+    commit: str | None = None,
+    client_options: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> dict[str, str]:
+    """Publish a CodeCommit repository's flow folder here, as Prefect 1's ``CodeCommit``.
+
+    The step :class:`runner_storage.storage.CodeCommit` writes: the worker signs the git
+    login with its own AWS credentials (the standard chain), so the step holds no secret.
+
+    Example (``prefect.yaml``)::
+
+        pull:
+          - runner_storage.deployments.steps.pull_codecommit:
+              requires: runner-storage
+              repo: flows
+              path: etl/flow.py
+              client_options: {region_name: eu-west-1}
+
+    Raises:
+        ConfigurationError: a bad argument or no region.
+        RunnerStorageError: the pull failed; what was published before stays.
+    """
+    from runner_storage.storage.codecommit import CodeCommit  # noqa: PLC0415
+
+    storage = CodeCommit(repo, path, commit, client_options, name=name, pull_interval=None)
+    return await _publish_here(storage)
+
+
 async def pull_with_block(block_document_name: str, block_type_slug: str) -> dict[str, str]:
     """Publish what a saved block holds under the working directory.
 
@@ -331,3 +370,13 @@ async def _publish_here(storage: Any) -> dict[str, str]:
     storage.set_base_path(Path.cwd())
     await storage.pull_code()
     return {"directory": str(storage.name)}
+
+
+# Steps of Prefect 1's storages, defined with them and loaded when first named.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "pull_docker_image": "runner_storage.storage.docker",
+        "pull_webhook": "runner_storage.storage.webhook",
+    },
+)

@@ -56,10 +56,14 @@ class Listing:
     md5: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
+def list_tree(
+    fs: AbstractFileSystem, url: str, concurrency: int, *, single_object: bool = False
+) -> Listing:
     """List everything under ``url`` with one recursive listing; no object is read.
 
     A URL that names a single object lists that object, published under its basename.
+    With ``single_object`` the URL names one object whatever else is below it (a key
+    ``K`` beside keys ``K/...``): only that object is asked for (one request).
     HTTP directory pages carry no sizes, so those are completed with one HEAD each. FTP is
     listed with MLSD, one command per folder (:func:`runner_storage.fs.ftp.list_ftp`).
 
@@ -71,7 +75,11 @@ def list_tree(fs: AbstractFileSystem, url: str, concurrency: int) -> Listing:
     """
     path = fs._strip_protocol(url)
     found: Any
-    if ftp.is_ftp(fs):
+    if single_object:
+        # One request for the object itself: whatever is below the key is not it.
+        info = fs.info(path)
+        found = {} if info.get("type", "file") == "directory" else {path: info}
+    elif ftp.is_ftp(fs):
         # An FTP URL's path is percent-encoded (RFC 1738); the server's names are not.
         path = unquote(path)
         found = ftp.list_ftp(fs, path)

@@ -88,11 +88,14 @@ def git_environment(
     http_origin: str | None,
     ssh: str | None,
     inherited: Mapping[str, str] | None = None,
+    header: str | None = None,
 ) -> dict[str, str]:
     """The environment of every git child of one pull.
 
     Args:
         basic_auth: ``(username, password)`` to send to ``http_origin`` only.
+        header: an ``Authorization`` header value to send instead (``Bearer ...``); it
+            wins over ``basic_auth``.
         http_origin: ``scheme://host[:port]/`` of the repository (http and https only).
         ssh: a ``GIT_SSH_COMMAND`` to use (see :func:`ssh_command`); None keeps the user's
             ssh setup, made non-interactive when it is plain ``ssh``.
@@ -119,9 +122,10 @@ def git_environment(
     elif "GIT_SSH_COMMAND" not in env and "GIT_SSH" not in env:
         env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
     config = list(_HARDENED_CONFIG)
-    if basic_auth is not None and http_origin is not None:
-        header = "Authorization: " + authorization(basic_auth)
-        config.append((f"http.{http_origin}.extraHeader", header))
+    if header is None and basic_auth is not None:
+        header = authorization(basic_auth)
+    if header is not None and http_origin is not None:
+        config.append((f"http.{http_origin}.extraHeader", "Authorization: " + header))
     env["GIT_CONFIG_COUNT"] = str(len(config))
     for index, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{index}"] = key

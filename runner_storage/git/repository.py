@@ -29,6 +29,7 @@ from runner_storage.git.url import (
     default_name,
     parse_remote_url,
 )
+from runner_storage.publish import Backend
 from runner_storage.publish.managed import ManagedStorage
 from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
 from runner_storage.secrets import basic_auth, check_credentials, secret_values
@@ -158,8 +159,12 @@ class GitRepository(ManagedStorage):
             directories=self._directories,
             include_submodules=self._include_submodules,
             commit_sha=self._commit_sha,
-            credentials=self._credentials or None,
+            credentials=self._step_credentials(),
         )
+
+    def _step_credentials(self) -> Any:
+        """The credentials a pull step carries (secrets become placeholders there)."""
+        return self._credentials or None
 
     async def is_sparsely_checked_out(self) -> bool:
         """Whether the published version holds only ``directories``."""
@@ -191,7 +196,7 @@ class GitRepository(ManagedStorage):
 
     # --- ManagedStorage hooks ---------------------------------------------------------------
 
-    def backend(self) -> GitBackend:
+    def backend(self) -> Backend:
         """A backend for one pull: one ref lookup, then the fetch and export if needed."""
         return GitBackend(
             self._source,
@@ -207,12 +212,18 @@ class GitRepository(ManagedStorage):
 
     def _secret_values(self) -> list[str]:
         values = secret_values(self._credentials)
+        # Credentials that sign each login (CodeCommit) know what they have sent.
+        extra = getattr(self._credentials, "secret_values", None)
+        if callable(extra):
+            values += [str(value) for value in extra()]
         with contextlib.suppress(RunnerStorageError):
-            auth = self._basic_auth()
-            if auth is not None:
-                user, password = auth
+            header = self._authorization()
+            scheme, _, credential = (header or "").partition(" ")
+            if scheme == "Basic":
+                user, _, password = base64.b64decode(credential).decode().partition(":")
                 values.append(password or user)
-                values.append(base64.b64encode(f"{user}:{password}".encode()).decode())
+            if credential:
+                values.append(credential)
         return [value for value in values if value]
 
     def _basic_auth(self) -> tuple[str, str] | None:
@@ -221,15 +232,30 @@ class GitRepository(ManagedStorage):
             return None
         return basic_auth(self._remote.url, self._credentials)
 
+    def _authorization(self) -> str | None:
+        """The ``Authorization`` header value for the repository's host, read now.
+
+        Credentials with ``git_authorization(url)`` (a Bearer token, say) give it
+        themselves; otherwise it is HTTP Basic from Prefect's credential rules.
+        """
+        if not self._credentials or self._remote.http_origin is None:
+            return None
+        custom = getattr(self._credentials, "git_authorization", None)
+        if callable(custom):
+            header = custom(self._remote.url)
+            return str(header) if header else None
+        basic_auth = self._basic_auth()
+        return authorization(basic_auth) if basic_auth is not None else None
+
     def _git(self) -> Git:
         """A git runner with this pull's environment (credentials read now)."""
-        basic_auth = self._basic_auth()
+        header = self._authorization()
         env = git_environment(
-            basic_auth=basic_auth,
+            basic_auth=None,
+            header=header,
             http_origin=self._remote.http_origin,
             ssh=ssh_command(self._ssh_key_file, self._known_hosts_file),
         )
-        header = authorization(basic_auth) if basic_auth is not None else None
         return Git(env, redact=self.redact, http_authorization=header)
 
 

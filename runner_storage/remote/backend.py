@@ -54,6 +54,7 @@ class RemoteBackend:
         concurrency: the most objects listed (HEAD) or downloaded at once (FTP downloads
             one at a time over its single connection, whatever this says).
         redact: removes the source's secrets from text.
+        single_object: the URL names one object, even with keys below it.
     """
 
     url: str
@@ -61,6 +62,7 @@ class RemoteBackend:
     settings: Mapping[str, Any]
     concurrency: int
     redact: Callable[[str], str]
+    single_object: bool = False
 
     @property
     def _where(self) -> str:
@@ -121,7 +123,7 @@ class RemoteBackend:
     def _list(self) -> Listing:
         try:
             with self._filesystem() as fs:
-                return list_tree(fs, self.url, self.concurrency)
+                return list_tree(fs, self.url, self.concurrency, single_object=self.single_object)
         except Exception as exc:  # noqa: BLE001 - the one translation boundary
             self._raise_translated(exc)
 

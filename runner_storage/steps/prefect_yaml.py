@@ -60,6 +60,9 @@ KNOWN_STEPS: Mapping[str, str] = {
     "pull_package": "pull_package",
     "apull_package": "pull_package",
     "set_working_directory": "set_working_directory",
+    "pull_codecommit": "pull_codecommit",
+    "pull_docker_image": "pull_docker_image",
+    "pull_webhook": "pull_webhook",
     "run_shell_script": "run_shell_script",
     "pip_install_requirements": "pip_install_requirements",
 }

@@ -4,7 +4,9 @@ A :class:`GitHTTPServer` serves every repository in ``git_project_root`` at
 ``http(s)://127.0.0.1:PORT/NAME.git``. It answers 401 with ``WWW-Authenticate: Basic
 realm="git"`` unless the request carries the right ``Authorization: Basic`` header, records
 every request (method, path, status, bytes, ``Authorization`` header seen), and can make a
-repository look missing (404) or make the next requests fail.
+repository look missing (404) or make the next requests fail. Tests may replace the login
+check (:attr:`GitHTTPServer.accept`) and answer a host's REST API on the same server
+(:attr:`GitHTTPServer.api`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +33,11 @@ from servers.procs import LOOPBACK, ThreadedHTTPServerHandle
 
 USERNAME = "alice"
 """The one user the git HTTP servers accept."""
+
+ApiReply = tuple[int, list[tuple[str, str]], bytes]
+"""A reply of :attr:`GitHTTPServer.api`: status, headers, body."""
+ApiHook = Callable[[str, str, Mapping[str, str]], "ApiReply | None"]
+"""``api(method, path, headers) -> reply or None`` (see :attr:`GitHTTPServer.api`)."""
 
 
 class RequestGate:
@@ -179,6 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
             content_type=self.headers.get("Content-Type", ""),
             content_encoding=self.headers.get("Content-Encoding"),
             git_protocol=self.headers.get("Git-Protocol"),
+            headers={name.lower(): value for name, value in self.headers.items()},
         )
         # Record before replying: once the client has its answer the log must show it.
         owner.record(
@@ -267,6 +275,14 @@ class GitHTTPServer:
         self._protocol_v2 = True
         self._gate: RequestGate | None = None
         self._lock = threading.Lock()
+        #: When set, decides each request's login instead of the session's Basic login:
+        #: ``accept(authorization header or None, path) -> bool`` (per-host login rules).
+        self.accept: Callable[[str | None, str], bool] | None = None
+        #: When set, answers requests that are not git's (a host's REST API on the same
+        #: server, such as GitLab's ``GET /api/v4/projects/ID``) before any login check:
+        #: ``api(method, path, headers with lower-case names) -> (status, headers, body)``,
+        #: or None to handle the request as git's.
+        self.api: ApiHook | None = None
         server = _Server((LOOPBACK, 0), _Handler)
         server.owner = self
         self._handle = ThreadedHTTPServerHandle(f"git-{self.scheme}", server)
@@ -417,14 +433,24 @@ class GitHTTPServer:
         content_type: str,
         content_encoding: str | None,
         git_protocol: str | None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Compute the response (status, headers, body) for one request."""
         gate = self._gate
         if gate is not None:
             gate.wait()
+        api = self.api
+        if api is not None:
+            reply = api(method, path, headers or {})
+            if reply is not None:
+                return reply
         text = [("Content-Type", "text/plain; charset=utf-8")]
-        if authorization is None or not secrets.compare_digest(
-            authorization.encode(), self.auth_header().encode()
+        accept = self.accept
+        if not (
+            accept(authorization, path)
+            if accept is not None
+            else authorization is not None
+            and secrets.compare_digest(authorization.encode(), self.auth_header().encode())
         ):
             return 401, [*text, ("WWW-Authenticate", 'Basic realm="git"')], b"unauthorized\n"
         with self._lock:
