@@ -48,6 +48,7 @@ from service.problems import (
     problem,
 )
 from service.sources import SourceBase, SourceSettings, parse_source
+from service.webhooks import WebhookSettings
 
 # HookSettings and SecretRef (service.options) and SourceSettings (service.sources) stay
 # importable from here.
@@ -95,6 +96,7 @@ class DaemonSettings(BaseSettings):
     backoff_initial: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=300.0, gt=0)
     sources: list[SourceSettings] = Field(default_factory=list)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     # A prefect.yaml whose pull sections become sources (service.prefect_yaml).
     prefect_yaml: Path | None = None

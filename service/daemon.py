@@ -32,6 +32,7 @@ from service.logging import get_logger
 from service.metrics import Metrics
 from service.notify import Notifier
 from service.runtime import SourceRuntime
+from service.webhooks import Push, wants
 
 __all__ = ["Daemon", "OpenEndpoints", "SourceRuntime", "StartupError"]
 
@@ -128,6 +129,40 @@ class Daemon:
             assert runtime is not None  # noqa: S101 - filtered above
             runtime.wake.set()
         return True
+
+    def sources_for(self, push: Push) -> list[str]:
+        """The git sources a push changes: same repository, and the branch or tag they follow."""
+        from runner_storage.git import GitRepository  # noqa: PLC0415 - the git family
+
+        return sorted(
+            name
+            for name, runtime in self.runtimes.items()
+            if isinstance(runtime.storage, GitRepository)
+            and wants(push, runtime.storage.url, runtime.storage.branch, runtime.storage.commit_sha)
+        )
+
+    def request_push(self, names: list[str], delay: float) -> None:
+        """Wake ``names`` to pull after ``delay`` seconds; a burst of pushes is one pull.
+
+        A wake already pending for a source is kept as it is. A push that arrives while
+        the source pulls wakes it again afterwards: that pull may have read the ref first.
+        """
+        for name in names:
+            runtime = self.runtimes[name]
+            if runtime.push_pending:
+                continue
+            runtime.push_pending = True
+            if self._task_group is None or delay <= 0:
+                runtime.push_pending = False
+                runtime.wake.set()
+            else:
+                self._task_group.start_soon(self._wake_later, runtime, delay)
+
+    @staticmethod
+    async def _wake_later(runtime: SourceRuntime, delay: float) -> None:
+        await anyio.sleep(delay)
+        runtime.push_pending = False
+        runtime.wake.set()
 
     def readiness(self) -> tuple[bool, dict[str, tuple[bool, str]]]:
         """Whether every source is ready, with each source's check."""

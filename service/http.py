@@ -1,7 +1,9 @@
 """The daemon's HTTP endpoints (loopback by default).
 
-``GET /livez``, ``GET /readyz[?verbose]``, ``GET /metrics``, ``GET /sources`` and
-``POST /sync/NAME`` (bearer token; disabled when no token is configured).
+``GET /livez``, ``GET /readyz[?verbose]``, ``GET /metrics``, ``GET /sources``,
+``POST /sync/NAME`` (bearer token; disabled when no token is configured) and the push
+webhook receivers ``POST /hooks/{github,gitlab,bitbucket,generic}`` (each off until its
+secret is configured; see :mod:`service.webhooks`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import anyio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from runner_storage.exceptions import CredentialsError
 from runner_storage.publish.managed import ManagedStorage
 from runner_storage.secrets import strip_url_credentials
+from service.config import secrets_dir
+from service.webhooks import PROVIDERS, Refused, read_delivery, receiver_secret
 
 if TYPE_CHECKING:
     from service.daemon import Daemon
@@ -37,6 +42,7 @@ def build_app(daemon: Daemon) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/sources", _sources)
     app.router.add_post("/sync/{name:.+}", _sync)
+    app.router.add_post("/hooks/{provider}", _hook)
     return app
 
 
@@ -163,3 +169,48 @@ async def _sync(request: web.Request) -> web.Response:
     if not daemon.request_sync(name):
         return web.json_response({"error": f"no source named {name!r}"}, status=404)
     return web.json_response({"source": name, "queued": True}, status=202)
+
+
+async def _hook(request: web.Request) -> web.Response:
+    """One push webhook delivery: verified, read, and the sources it changes woken."""
+    daemon = request.app[_DAEMON]
+    provider = request.match_info["provider"]
+    settings = daemon.settings.webhooks
+    secret = receiver_secret(settings, provider, secrets_dir(os.environ))
+    if secret is None:
+        return _refuse(daemon, provider, Refused(404, "off", f"no receiver at /hooks/{provider}"))
+    limit = settings.max_body_bytes
+    if (request.content_length or 0) > limit:
+        return _refuse(daemon, provider, _too_large(limit))
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return _refuse(daemon, provider, _too_large(limit))
+    try:
+        delivery = read_delivery(provider, secret.get(), request.headers, body)
+    except Refused as refused:
+        return _refuse(daemon, provider, refused)
+    except CredentialsError as exc:
+        daemon.log.error("webhook_secret_unreadable", provider=provider, error=str(exc))
+        return _refuse(daemon, provider, Refused(503, "secret_unreadable", str(exc)))
+    if delivery.push is None:
+        daemon.metrics.webhook_deliveries.labels(provider, "ping").inc()
+        return web.json_response({"pong": True})
+    names = daemon.sources_for(delivery.push)
+    daemon.request_push(names, settings.debounce)
+    daemon.metrics.webhook_deliveries.labels(provider, "accepted").inc()
+    daemon.log.info("webhook_push", provider=provider, kind=delivery.event, sources=names)
+    return web.json_response({"sources": names}, status=202)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(413, "oversized", f"deliveries larger than {limit} bytes are refused")
+
+
+def _refuse(daemon: Daemon, provider: str, refused: Refused) -> web.Response:
+    label = provider if provider in PROVIDERS else "unknown"
+    daemon.metrics.webhook_deliveries.labels(label, refused.reason).inc()
+    if refused.status != 404:
+        daemon.log.warning(
+            "webhook_refused", provider=label, reason=refused.reason, status=refused.status
+        )
+    return web.json_response({"error": refused.message}, status=refused.status)

@@ -63,6 +63,12 @@ class Metrics:
             "Hooks (check, exec, webhook) that failed after their retries.",
             "hook",
         )
+        self.webhook_deliveries = Counter(
+            "runner_storage_webhook_deliveries",
+            "Push webhook deliveries by provider and result (accepted, ping, or why refused).",
+            ["provider", "result"],
+            registry=self.registry,
+        )
         self._revisions: dict[str, str] = {}
 
     def _family(

@@ -44,6 +44,7 @@ class SourceRuntime:
     storage: ManagedStorage | LocalStorage
     wake: anyio.Event = field(default_factory=anyio.Event)
     pulling: bool = False
+    push_pending: bool = False
     attempted: bool = False
     next_pull_at: float | None = None
     failed_attempts: int = 0

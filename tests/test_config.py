@@ -14,6 +14,7 @@ from runner_storage import (
     create_storage_from_source,
 )
 from runner_storage.secrets import Secret
+from service.cli.shared import build_sources
 from service.config import DaemonSettings, SettingsError, load_settings
 from service.sources import GitSource, LocalSource, RemoteSource, SnapshotSource, SourceBase
 
@@ -49,6 +50,27 @@ class TestSources:
         secret = models.fsspec_settings()["secret"]
         assert isinstance(secret, Secret)
         assert secret.env_var == "AWS_SECRET_ACCESS_KEY"
+
+    def test_example_prefect1_config_loads(self) -> None:
+        """examples/prefect1: Prefect 1 storages as daemon sources of their own kinds.
+
+        ``steps`` would write Prefect 3 steps with the secrets as placeholders.
+        """
+        settings = load_settings(EXAMPLES / "prefect1" / "daemon.toml", environ={})
+        kinds = [source.kind for source in settings.all_sources()]
+        assert kinds == ["github", "gitlab", "s3", "webhook"]
+        storages, problems = build_sources(list(enumerate(settings.all_sources())), settings)
+        assert problems == []
+        github = storages[0][1].to_pull_step()["prefect.deployments.steps.git_clone"]
+        assert github["credentials"] == {
+            "access_token": "{{ prefect.blocks.secret.github-access-token }}"
+        }
+        assert [type(storage).__name__ for _, storage in storages] == [
+            "GitHub",
+            "GitLab",
+            "S3",
+            "Webhook",
+        ]
 
     def test_example_prefect_yaml_loads(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """examples/prefect: its two deployments become a git and an S3 source.

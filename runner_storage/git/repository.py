@@ -143,6 +143,21 @@ class GitRepository(ManagedStorage):
                 stacklevel=2,
             )
 
+    @property
+    def url(self) -> str:
+        """The repository URL as given (it never holds a password)."""
+        return self._url
+
+    @property
+    def branch(self) -> str | None:
+        """The branch or tag followed; None is the remote's default branch."""
+        return self._branch
+
+    @property
+    def commit_sha(self) -> str | None:
+        """The commit the source is pinned to, if any."""
+        return self._commit_sha
+
     # --- Prefect's public surface -----------------------------------------------------------
 
     def to_pull_step(self) -> dict[str, Any]:

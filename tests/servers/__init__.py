@@ -9,5 +9,8 @@ available to all tests. Import the helper classes as ``servers.<module>`` (``tes
 Modules: :mod:`servers.procs` (shared start/readiness/stop logic), :mod:`servers.gitrepo`
 (upstream repositories), :mod:`servers.git_http`, :mod:`servers.git_daemon`,
 :mod:`servers.sshd`, :mod:`servers.s3`, :mod:`servers.gcs`, :mod:`servers.azurite`,
-:mod:`servers.http_files`.
+:mod:`servers.http_files`, :mod:`servers.ftp`, :mod:`servers.kv`, :mod:`servers.registry`
+(Debian's docker-registry, and images pushed without a container engine),
+:mod:`servers.webhook` (a flow server for Prefect 1's Webhook storage), and
+:mod:`servers.codecommit_auth` (CodeCommit's SigV4 login, checked as the server would).
 """
