@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.config import ALL_SCENARIOS, Params
+from bench.config import ALL_SCENARIOS, KNOWN_SCENARIOS, Params
 from bench.core import Bench
 from bench.peers import WORK, ensure_peers
 from bench.report import machine, summarize, table, write_json
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scenarios",
-        help=f"comma-separated families among {','.join(ALL_SCENARIOS)} (default: all)",
+        help=f"comma-separated families among {','.join(KNOWN_SCENARIOS)}"
+        f" (default: {','.join(ALL_SCENARIOS)})",
     )
     parser.add_argument("--seed", type=int, help="data set seed")
     parser.add_argument("--objects", type=int, help="S3 objects (default 2000)")
@@ -56,6 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--daemon-interval", type=float, help="daemon pull interval (default 5)")
     parser.add_argument("--daemon-git-sources", type=int, help="S7 git sources (default 10)")
     parser.add_argument("--daemon-s3-sources", type=int, help="S7 S3 sources (default 10)")
+    parser.add_argument("--fleet-daemons", type=int, help="fleet: daemons (default 20)")
+    parser.add_argument("--fleet-sources", type=int, help="fleet: git sources each (default 5)")
+    parser.add_argument("--fleet-seconds", type=float, help="fleet: window per mode (default 60)")
+    parser.add_argument(
+        "--fleet-interval", type=float, help="fleet: pull_interval when polling (default 10)"
+    )
+    parser.add_argument(
+        "--fleet-push-every", type=float, help="fleet: seconds between pushes (default 10)"
+    )
+    parser.add_argument(
+        "--fleet-debounce", type=float, help="fleet: webhooks debounce, seconds (default 0.2)"
+    )
+    parser.add_argument(
+        "--fleet-no-s3", action="store_true", help="fleet: no S3 source on the daemons"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="results JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the pulled trees afterwards")
     return parser
@@ -79,13 +95,21 @@ def params_from(args: argparse.Namespace) -> Params:
         ("daemon_interval", "daemon_interval"),
         ("daemon_git_sources", "daemon_git_sources"),
         ("daemon_s3_sources", "daemon_s3_sources"),
+        ("fleet_daemons", "fleet_daemons"),
+        ("fleet_sources", "fleet_sources"),
+        ("fleet_seconds", "fleet_seconds"),
+        ("fleet_interval", "fleet_interval"),
+        ("fleet_push_every", "fleet_push_every"),
+        ("fleet_debounce", "fleet_debounce"),
     ):
         value = getattr(args, option)
         if value is not None:
             setattr(params, attribute, value)
+    if args.fleet_no_s3:
+        params.fleet_s3 = False
     if args.scenarios:
         chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-        unknown = sorted(set(chosen) - set(ALL_SCENARIOS))
+        unknown = sorted(set(chosen) - set(KNOWN_SCENARIOS))
         if unknown:
             raise SystemExit(f"unknown scenarios: {', '.join(unknown)}")
         params.scenarios = chosen
@@ -93,7 +117,7 @@ def params_from(args: argparse.Namespace) -> Params:
 
 
 def _family(name: str) -> Callable[[Bench], None]:
-    from bench.scenarios import daemon, git, many, retention, s3, snapshot
+    from bench.scenarios import daemon, fleet, git, many, retention, s3, snapshot
 
     return {
         "s3": s3.run,
@@ -102,6 +126,7 @@ def _family(name: str) -> Callable[[Bench], None]:
         "many": many.run,
         "daemon": daemon.run,
         "retention": retention.run,
+        "fleet": fleet.run,
     }[name]
 
 
@@ -137,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         bench = Bench(params=params, work=run_dir, peers=peers, stack=stack)
         try:
-            if set(params.scenarios) & {"s3", "daemon", "retention", "snapshot"}:
+            fleet_s3 = "fleet" in params.scenarios and params.fleet_s3
+            if fleet_s3 or set(params.scenarios) & {"s3", "daemon", "retention", "snapshot"}:
                 bench.s3 = S3Endpoint(stack, run_dir / "moto")
-            if set(params.scenarios) & {"git", "many", "daemon"}:
+            if set(params.scenarios) & {"git", "many", "daemon", "fleet"}:
                 bench.git = GitEndpoint(stack, run_dir / "git-root")
             for name in params.scenarios:
                 family_started = time.monotonic()
@@ -163,9 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summaries))
     print()
     print(targets_table(targets))
+    if "fleet" in bench.facts:
+        from bench.scenarios.fleet import fleet_table
+
+        print()
+        print(fleet_table(bench.facts))
     print(f"\nbench: {elapsed / 60:.1f} min; results in {args.output}")
     if not args.keep:
-        for name in ("s3", "git", "many", "daemon", "retention", "snapshot", "warmup"):
+        for name in ("s3", "git", "many", "daemon", "retention", "snapshot", "fleet", "warmup"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
     return 0
 

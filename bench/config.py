@@ -9,6 +9,12 @@ ALL_SCENARIOS = ("s3", "git", "many", "daemon", "retention", "snapshot")
 """Scenario families: s3 = scenarios 1-3, git = 4-5, many = 6, daemon = 7, retention = the
 publisher-retention probe, snapshot = 8-9 (snapshot pulls and pushes of the S1-S3 tree)."""
 
+EXTRA_SCENARIOS = ("fleet",)
+"""Families only run when named in ``--scenarios``: fleet = N daemons polling vs push
+webhooks (two modes of ``fleet_seconds`` each plus start-up and drain: 3.1 minutes at the
+default size, 3.5 with the peers check, on the 2-core machine)."""
+KNOWN_SCENARIOS = ALL_SCENARIOS + EXTRA_SCENARIOS
+
 
 @dataclass
 class Params:
@@ -32,6 +38,13 @@ class Params:
     daemon_interval: float = 5.0
     daemon_seconds: float = 60.0
     retention_pulls: int = 4
+    fleet_daemons: int = 20
+    fleet_sources: int = 5
+    fleet_s3: bool = True
+    fleet_seconds: float = 60.0
+    fleet_interval: float = 10.0
+    fleet_push_every: float = 10.0
+    fleet_debounce: float = 0.2
     concurrency: int = 4
     scenarios: list[str] = field(default_factory=lambda: list(ALL_SCENARIOS))
     quick: bool = False
@@ -53,6 +66,11 @@ class Params:
             daemon_interval=2.0,
             daemon_seconds=10.0,
             retention_pulls=2,
+            fleet_daemons=3,
+            fleet_sources=2,
+            fleet_seconds=20.0,
+            fleet_interval=5.0,
+            fleet_push_every=5.0,
             quick=True,
         )
 
