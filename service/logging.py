@@ -1,4 +1,8 @@
-"""structlog set-up: JSON lines on stdout when not a terminal, console output on one."""
+"""structlog set-up: JSON lines on stdout when not a terminal, console output on one.
+
+Commands that log only through the standard library (``pull``) call
+:func:`configure_library_logging` alone and never load structlog.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ import logging
 import sys
 from typing import Any, Literal, TextIO
 
-import structlog
-
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_library_logging", "configure_logging", "get_logger"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -31,6 +33,8 @@ def configure_logging(
         level: the minimum level: debug, info, warning or error.
         stream: where lines go; stdout by default.
     """
+    import structlog  # noqa: PLC0415 - slow to load; configure_library_logging needs none
+
     stream = stream or sys.stdout
     use_json = format == "json" or (format == "auto" and not stream.isatty())
     renderer: Any = (
@@ -50,10 +54,19 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # Library warnings (e.g. plain-HTTP credentials) reach the same stream.
+    configure_library_logging(level=level, stream=stream)
+
+
+def configure_library_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
+    """Send the library's log records and warnings (e.g. plain-HTTP credentials) to ``stream``.
+
+    Args:
+        level: the minimum level: debug, info, warning or error (never below warning).
+        stream: where lines go; stdout by default.
+    """
     logging.basicConfig(
         level=max(_LEVELS[level], logging.WARNING),
-        stream=stream,
+        stream=stream or sys.stdout,
         force=True,
         format="%(levelname)s %(name)s: %(message)s",
     )
@@ -62,4 +75,6 @@ def configure_logging(
 
 def get_logger(name: str = "runner_storage") -> Any:
     """A structlog logger bound to ``name``."""
+    import structlog  # noqa: PLC0415 - as in configure_logging
+
     return structlog.get_logger(name)

@@ -291,6 +291,17 @@ class ObjectStore:
             return None
         return result.stdout.decode().strip() or None
 
+    def loose_ref(self, ref: str) -> str | None:
+        """What the loose file of ``ref`` holds (an object id, or ``ref: ...``), if there is one.
+
+        No git process: a hint only. A ref may be packed instead, and a loose one is not
+        peeled (it may name a tag, or a missing object); ask :meth:`rev_parse` to know.
+        """
+        try:
+            return (self.path / ref).read_text(encoding="ascii").strip() or None
+        except (OSError, ValueError):
+            return None
+
     async def has_commit(self, sha: str) -> bool:
         """Whether commit ``sha`` is here, without asking the remote for it."""
         if not (self.path / "HEAD").is_file():

@@ -29,8 +29,10 @@ from runner_storage.git.command import Git, check_git_version
 from runner_storage.git.export import (
     Baseline,
     ExportedTree,
+    Prelinked,
     ServerRefusedObjectsError,
     export_tree,
+    link_previous,
 )
 from runner_storage.git.store import ObjectStore, ref_for
 from runner_storage.git.submodules import export_submodules, read_gitmodules
@@ -294,13 +296,14 @@ class GitBackend:
         """
         async with store.locked():
             before = await anyio.to_thread.run_sync(store.objects_size)
-            sha = await self._fetch(
-                store, want, blobless=bool(directories), refetch=False, resolved=resolved
+            sha, prelinked = await self._fetch_and_link(
+                store, want, target, directories=directories, baseline=baseline, resolved=resolved
             )
             try:
                 tree = await export_tree(
-                    store, sha, target, directories=directories, baseline=baseline, also=also
-                )
+                    store, sha, target, directories=directories, baseline=baseline, also=also,
+                    prelinked=prelinked,
+                )  # fmt: skip
             except ServerRefusedObjectsError:
                 # A protocol v0 server without allowAnySHA1InWant: fetch whole trees instead.
                 await self._check_refetch(store)
@@ -316,6 +319,46 @@ class GitBackend:
         pull.files += tree.files_written
         pull.bytes += max(0, after - before)
         return tree, urls
+
+    async def _fetch_and_link(
+        self,
+        store: ObjectStore,
+        want: Want,
+        target: Path,
+        *,
+        directories: Sequence[str],
+        baseline: Baseline | None,
+        resolved: str | None,
+    ) -> tuple[str, Prelinked | None]:
+        """Fetch ``want`` while the previous version's files are linked into ``target``.
+
+        Both take about as long for a small change to a large tree (a round trip, and
+        thousands of ``link(2)`` calls); :func:`export_tree` then drops the links of the
+        files that changed. A failure of either is raised as itself, the fetch's first.
+        """
+        prelinked: Prelinked | None = None
+        errors: list[Exception] = []
+
+        async def link() -> None:
+            nonlocal prelinked
+            try:
+                prelinked = await link_previous(store, baseline, target, directories=directories)
+            except Exception as exc:  # noqa: BLE001 - raised below, not in an ExceptionGroup
+                errors.append(exc)
+
+        sha = ""
+        async with anyio.create_task_group() as group:
+            group.start_soon(link)
+            try:
+                sha = await self._fetch(
+                    store, want, blobless=bool(directories), refetch=False, resolved=resolved
+                )
+            except Exception as exc:  # noqa: BLE001 - as above
+                errors.insert(0, exc)
+                group.cancel_scope.cancel()
+        if errors:
+            raise errors[0]
+        return sha, prelinked
 
     async def _check_refetch(self, store: ObjectStore) -> None:
         version = await check_git_version(store.git)
@@ -347,6 +390,7 @@ class GitBackend:
             and resolved is not None
             and not refetch
             and history_ok
+            and _may_point_at(store, key, want.ref, resolved)
             and await store.rev_parse(f"{key}^{{commit}}") == resolved
         ):
             return resolved
@@ -395,6 +439,18 @@ class GitBackend:
                 " check it, or give more hex digits"
             )
         return sha
+
+
+def _may_point_at(store: ObjectStore, key: str, ref: str, sha: str) -> bool:
+    """Whether the store's ``key`` may point at commit ``sha``; False: certainly not.
+
+    Read from the loose ref, without a git process: after a new commit it names the
+    previous one. A branch's ref names its commit; a tag's may name the tag object, which
+    only ``rev-parse`` can peel, and a packed ref has no loose file.
+    """
+    if ref != "HEAD" and not ref.startswith("refs/heads/"):
+        return True
+    return store.loose_ref(key) in (None, sha)
 
 
 def _branch_ref(target: str | None) -> str:

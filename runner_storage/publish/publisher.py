@@ -385,8 +385,11 @@ class Publisher:
             for manifest in layout.manifests.iterdir():
                 if not layout.version(manifest.name.removesuffix(".json")).is_dir():
                     manifest.unlink(missing_ok=True)
-        state.history = [e for e in state.history if layout.version(e["version"]).exists()]
-        self._write_state(state)
+        history = [e for e in state.history if layout.version(e["version"]).exists()]
+        if doomed or history != state.history:
+            # Otherwise state.json already says this (written just before, with an fsync).
+            state.history = history
+            self._write_state(state)
 
     def _discard(self, version: Path) -> None:
         """Delete a version without ever leaving part of it under ``versions/``.

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import stat
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio.to_thread
@@ -193,17 +194,19 @@ def _link_unchanged(
     """Create the directories, hard-link unchanged files; return the entries to download.
 
     A planned link whose old file is missing, not a regular file or of another size is
-    downloaded instead: the published tree is checked, not trusted.
+    downloaded instead: the published tree is checked, not trusted. Runs once per file of
+    a new version (thousands): plain strings, not :class:`Path`.
     """
     fetch = list(download)
+    staging_root = os.fspath(staging)
     try:
-        for directory in sorted({PurePosixPath(e.path).parent for e in (*link, *download)}):
-            (staging / directory).mkdir(parents=True, exist_ok=True)
+        for directory in sorted({posixpath.dirname(e.path) for e in (*link, *download)}):
+            os.makedirs(os.path.join(staging_root, directory), exist_ok=True)
+        if previous is None:  # the plan links only from a previous version
+            return fetch + list(link)
+        previous_root = os.fspath(previous.path)
         for entry in link:
-            if previous is None:  # the plan links only from a previous version
-                fetch.append(entry)
-                continue
-            source = previous.path / entry.path
+            source = os.path.join(previous_root, entry.path)
             try:
                 info = os.lstat(source)
             except FileNotFoundError:
@@ -212,7 +215,7 @@ def _link_unchanged(
             if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size:
                 fetch.append(entry)
                 continue
-            link_or_copy(source, staging / entry.path)
+            link_or_copy(source, os.path.join(staging_root, entry.path))
     except OSError as exc:
         raise disk_error(f"cannot build the new version in {staging}", exc) from None
     return fetch

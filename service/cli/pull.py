@@ -44,10 +44,11 @@ def pull_once(args: argparse.Namespace) -> int:
     from pydantic import ValidationError  # noqa: PLC0415 - only commands that read settings
 
     from service.config import SettingsError, load_settings  # noqa: PLC0415 - as pydantic
-    from service.logging import configure_logging  # noqa: PLC0415 - structlog is slow to load
+    from service.logging import configure_library_logging  # noqa: PLC0415 - as pydantic
     from service.sources import parse_source  # noqa: PLC0415 - as pydantic
 
-    configure_logging(format="console", level="warning", stream=sys.stderr)
+    # One pull logs through the standard library only: structlog is not even loaded.
+    configure_library_logging(level="warning", stream=sys.stderr)
     directories = [d for d in (args.directories or "").split(",") if d.strip()] or None
     given = {
         "name": args.name,
