@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any, Literal, TextIO
 
 __all__ = ["configure_library_logging", "configure_logging", "get_logger"]
@@ -55,6 +56,21 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     configure_library_logging(level=level, stream=stream)
+    if use_json:
+        # Records of the standard library (and warnings) as JSON lines like every other.
+        formatter = structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(formatter)
 
 
 def configure_library_logging(*, level: str = "info", stream: TextIO | None = None) -> None:
@@ -70,7 +86,19 @@ def configure_library_logging(*, level: str = "info", stream: TextIO | None = No
         force=True,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    logging.captureWarnings(True)
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(  # noqa: PLR0917 - warnings.showwarning's signature
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one log record: its category and text, never the source line."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
 
 
 def get_logger(name: str = "runner_storage") -> Any:
