@@ -6,7 +6,8 @@ one addition driven by the environment:
 ``RS_PAUSE_AT=EVENT|SUBSTRING|N``
     at the ``N``-th Python audit event named ``EVENT`` (``os.rename``, ``os.symlink``,
     ``open``, ``os.remove``, ``subprocess.Popen``, ``fcntl.flock``...) whose arguments
-    contain ``SUBSTRING``, write the event to ``RS_PAUSE_MARKER`` and stop the whole process
+    contain ``SUBSTRING`` (``WANTED!UNWANTED``: contain ``WANTED`` but not ``UNWANTED``),
+    write the event to ``RS_PAUSE_MARKER`` and stop the whole process
     with SIGSTOP, *before* the operation happens. The test then sees the marker, inspects
     the disk in that exact state, and kills the process with SIGKILL.
 
@@ -31,6 +32,7 @@ from typing import Any
 
 def _install(spec: str, marker: str, *, whole_process: bool) -> None:
     event_name, substring, count = spec.split("|")
+    substring, _, unwanted = substring.partition("!")
     wanted = int(count)
     lock = threading.Lock()
     state = {"seen": 0, "busy": False}
@@ -39,7 +41,7 @@ def _install(spec: str, marker: str, *, whole_process: bool) -> None:
         if event != event_name or state["busy"]:
             return
         text = " ".join(map(str, args))
-        if substring not in text:
+        if substring not in text or (unwanted and unwanted in text):
             return
         with lock:
             state["seen"] += 1

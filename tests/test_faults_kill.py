@@ -232,7 +232,9 @@ GIT_MOMENTS: dict[str, Moment] = {
     "version-moved-link-not-made": Moment("os.symlink|link.tmp|1", then="B"),
     "link-made-not-swapped": Moment("os.rename|link.tmp|1"),
     "swapped-state-not-written": Moment("open|state.json.tmp|1", published="B"),
-    "retention-mid-delete": Moment("os.remove|.py|100", published="B", then="A", retention=True),
+    # Retention's rmtree removes by name within its folder (no "/"); a pull's own removals
+    # (the links of changed files in staging/) name whole paths.
+    "retention-mid-delete": Moment("os.remove|.py!/|100", published="B", then="A", retention=True),
 }
 
 
