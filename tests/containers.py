@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from email.parser import HeaderParser
 from pathlib import Path
 from zipfile import ZipFile
@@ -140,19 +140,43 @@ def _unmount_below(root: Path) -> None:
 
 def _base_image(podman: Podman) -> str:
     """The debootstrap base image, built once per machine and package list."""
+    return debootstrap_image(
+        podman,
+        suite=BASE_SUITE,
+        packages=BASE_PACKAGES,
+        repository="localhost/runner-storage-ci-base",
+        command='CMD ["/bin/bash"]',
+        lock="base.lock",
+    )
+
+
+def debootstrap_image(
+    podman: Podman,
+    *,
+    suite: str,
+    packages: Sequence[str],
+    repository: str,
+    command: str,
+    lock: str,
+) -> str:
+    """A ``debootstrap --variant=minbase`` image of ``suite`` with ``packages``, cached.
+
+    Tagged by a hash of its inputs and built once per machine (under ``CACHE_DIR/lock``);
+    the images of an older package list are removed.
+    """
     key = hashlib.sha256(
-        json.dumps([BASE_SUITE, "minbase", sorted(BASE_PACKAGES), platform.machine()]).encode()
+        json.dumps([suite, "minbase", sorted(packages), platform.machine()]).encode()
     ).hexdigest()[:12]
-    tag = f"localhost/runner-storage-ci-base:{BASE_SUITE}-{key}"
-    with _locked(CACHE_DIR / "base.lock"):
+    tag = f"{repository}:{suite}-{key}"
+    with _locked(CACHE_DIR / lock):
         if podman("image", "exists", tag, check=False).returncode == 0:
             return tag
         work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE_DIR))
         rootfs = work / "rootfs"
         try:
-            include = ",".join(BASE_PACKAGES)
+            include = ",".join(packages)
             made = run(
-                ["debootstrap", "--variant=minbase", f"--include={include}", BASE_SUITE, rootfs],
+                ["debootstrap", "--variant=minbase", f"--include={include}", suite, rootfs],
                 timeout=900,
             )
             assert made.returncode == 0, f"debootstrap failed: {made.stdout[-3000:]}"
@@ -160,8 +184,7 @@ def _base_image(podman: Podman) -> str:
                 shutil.rmtree(rootfs / cache, ignore_errors=True)
             tar = run(["tar", "--numeric-owner", "-C", rootfs, "-cf", work / "rootfs.tar", "."])
             assert tar.returncode == 0, tar.stderr
-            podman("import", "--change", 'CMD ["/bin/bash"]', work / "rootfs.tar", tag, timeout=300)
-            repository = tag.rsplit(":", 1)[0]
+            podman("import", "--change", command, work / "rootfs.tar", tag, timeout=300)
             listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository)
             for stale in set(listed.stdout.split()) - {tag}:  # an older package list's base
                 podman("rmi", stale, check=False)

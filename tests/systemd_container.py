@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import platform
 import shlex
 import shutil
 import subprocess
@@ -26,15 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from containers import (
-    CACHE_DIR,
-    REPO,
-    Podman,
-    _locked,
-    _unmount_below,
-    _wheels,
-    run,
-)
+from containers import CACHE_DIR, REPO, Podman, _locked, _wheels, debootstrap_image, run
 from servers.procs import wait_until
 
 SUITE = "bookworm"
@@ -221,34 +212,14 @@ RUN ["/bin/sh", "/tmp/build/setup.sh"]
 
 def systemd_base_image(podman: Podman) -> str:
     """The debootstrap base with systemd, built once per machine and package list."""
-    key = hashlib.sha256(
-        json.dumps([SUITE, "minbase", sorted(PACKAGES), platform.machine()]).encode()
-    ).hexdigest()[:12]
-    tag = f"{BASE_REPOSITORY}:{SUITE}-{key}"
-    with _locked(CACHE_DIR / "systemd-base.lock"):
-        if podman("image", "exists", tag, check=False).returncode == 0:
-            return tag
-        work = Path(tempfile.mkdtemp(prefix="debootstrap-systemd-", dir=CACHE_DIR))
-        rootfs = work / "rootfs"
-        try:
-            include = ",".join(PACKAGES)
-            made = run(
-                ["debootstrap", "--variant=minbase", f"--include={include}", SUITE, rootfs],
-                timeout=900,
-            )
-            assert made.returncode == 0, f"debootstrap failed: {made.stdout[-3000:]}"
-            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-                shutil.rmtree(rootfs / cache, ignore_errors=True)
-            tar = run(["tar", "--numeric-owner", "-C", rootfs, "-cf", work / "rootfs.tar", "."])
-            assert tar.returncode == 0, tar.stderr
-            podman(
-                "import", "--change", 'CMD ["/sbin/init"]', work / "rootfs.tar", tag, timeout=300
-            )
-            _remove_stale(podman, BASE_REPOSITORY, tag)
-        finally:
-            _unmount_below(work)
-            shutil.rmtree(work, ignore_errors=True)
-    return tag
+    return debootstrap_image(
+        podman,
+        suite=SUITE,
+        packages=PACKAGES,
+        repository=BASE_REPOSITORY,
+        command='CMD ["/sbin/init"]',
+        lock="systemd-base.lock",
+    )
 
 
 def _remove_stale(podman: Podman, repository: str, keep: str) -> None:

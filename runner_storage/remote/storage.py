@@ -16,7 +16,6 @@ from runner_storage.exceptions import ConfigurationError
 from runner_storage.fs.paths import destination_name
 from runner_storage.fs.protocols import check_protocol, required_package
 from runner_storage.fs.transfer import check_concurrency
-from runner_storage.publish import Backend
 from runner_storage.publish.managed import ManagedStorage
 from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
 from runner_storage.remote.backend import RemoteBackend, public_url
@@ -147,7 +146,7 @@ class RemoteStorage(ManagedStorage):
             values.extend({password, unquote(password)})
         return values
 
-    def backend(self) -> Backend:
+    def backend(self) -> RemoteBackend:
         """A backend for one pull: one listing, then the transfers if needed."""
         return RemoteBackend(
             url=self._url,

@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner_storage.exceptions import ConfigurationError, NotFoundError, PublishError
-from runner_storage.publish import Backend
 from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
+from runner_storage.remote.backend import RemoteBackend
 from runner_storage.remote.storage import RemoteStorage
 from runner_storage.storage.secrets import NamedSecret
 from runner_storage.types import SyncResult
@@ -138,16 +138,15 @@ class ObjectFlowStorage(RemoteStorage):
         self._need_key()
         return await super().pull_code(**options)
 
-    def backend(self) -> Backend:
+    def backend(self) -> RemoteBackend:
         """A backend for one pull of the object.
 
         Raises:
             ConfigurationError: no key names the object yet (it would list the bucket).
         """
         self._need_key()
-        backend = super().backend()
         # The key names the flow's object, even with keys below it ("K" beside "K/...").
-        return dataclasses.replace(backend, single_object=True)  # type: ignore[type-var]
+        return dataclasses.replace(super().backend(), single_object=True)
 
     def to_pull_step(self) -> dict[str, Any]:
         """Our ``pull_from_remote_storage`` step of the one object (Prefect's signature).
