@@ -1,10 +1,11 @@
 """The contenders: how each tool is asked to pull the same source.
 
 Ours: the ``runner-storage`` CLI as an init container runs it (``run --once`` with a config
-file: a whole process) and the library inside a long-lived worker (what the daemon pays at
-every interval). Prefect's ``prefect.runner.storage`` classes in the same two modes. Then
-the tools people script: rclone (plain, and tuned with ``--fast-list --checksum``),
-``aws s3 sync --delete``, and plain git.
+file: a whole process), ``runner-storage pull URL`` for object stores, and the library
+inside a long-lived worker (what the daemon pays at every interval). Prefect's
+``prefect.runner.storage`` classes in the same two modes. Then the tools people script:
+rclone (plain, and tuned with ``--fast-list --checksum``), ``aws s3 sync --delete``, and
+plain git.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from bench.core import OUR_CLI, Bench, Contender
 from bench.measure import WORKER_SCRIPT
 
 RCLONE_REMOTE = "bench"
+#: ``runner-storage pull URL``: one source, no config file, settings from the environment.
+PULL_CLI = "runner-storage pull"
 GIT_TOKEN_VARIABLE = "BENCH_GIT_TOKEN"
 
 
@@ -108,6 +111,13 @@ def s3_contenders(bench: Bench, bucket: str) -> list[Contender]:
             ours=True,
             dest=published,
             argv=lambda base: _cli(base, [s3_source(bench, f"s3://{bucket}")]),
+        ),
+        Contender(
+            PULL_CLI,
+            ours=True,
+            dest=published,
+            argv=lambda base: [str(OUR_CLI), "pull", f"s3://{bucket}", "--dest", str(base)],
+            env={**aws_env, "AWS_ENDPOINT_URL": endpoint},
         ),
         Contender(
             "runner-storage in-process",

@@ -1,4 +1,4 @@
-"""The targets of issue 4, evaluated on one run's summaries: PASS or MISS, with the figures."""
+"""The targets of issues 4 and 15, evaluated on one run's summaries: PASS or MISS, and figures."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from bench.contenders import PULL_CLI
 from bench.core import Bench
 from bench.report import Summary
 
@@ -92,7 +93,7 @@ def _s3_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
     out.append(_faster(S1, look.get(S1, INPROC), look.get(S1, prefect_in), strict=True))
 
     pages = math.ceil(bench.facts.get("s3_dataset", {}).get("objects", 1000) / 1000)
-    for name in (CLI, INPROC):
+    for name in (CLI, PULL_CLI, INPROC):
         runs = _samples(bench, S2, name)
         lists = [s.by_kind.get("LIST", 0) for s in runs]
         gets = [s.by_kind.get("GET", 0) + s.by_kind.get("HEAD", 0) for s in runs]
@@ -107,6 +108,7 @@ def _s3_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
             )
         )
     out.append(_faster(S2, look.get(S2, CLI), look.get(S2, tuned)))
+    out.append(_faster(S2, look.get(S2, PULL_CLI), look.get(S2, tuned), factor=1.3))
     inproc = look.get(S2, INPROC)
     if inproc is not None:
         out.append(
@@ -118,7 +120,7 @@ def _s3_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
             )
         )
 
-    for name in (CLI, INPROC):
+    for name in (CLI, PULL_CLI, INPROC):
         runs = _samples(bench, S3, name)
         exact = [bool(s.extra.get("read_exactly_changed")) for s in runs]
         reads = [
@@ -134,6 +136,7 @@ def _s3_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
             )
         )
     out.append(_faster(S3, look.get(S3, CLI), look.get(S3, tuned)))
+    out.append(_faster(S3, look.get(S3, PULL_CLI), look.get(S3, tuned), factor=1.3))
     return out
 
 
@@ -152,6 +155,8 @@ def _git_targets(bench: Bench, look: _Lookup) -> list[dict[str, Any]]:
     for scenario, ours_name, plain in pairs:
         ours, peer = look.get(scenario, ours_name), look.get(scenario, plain)
         out.append(_faster(scenario, ours, peer, factor=1.15))
+        if scenario == S5_COMMIT:  # issue 15's target, for what hard-linking costs
+            out.append(_faster(scenario, ours, peer, factor=1.5))
         if ours is not None and peer is not None:
             out.append(
                 _target(

@@ -36,7 +36,15 @@ from pydantic_settings import (
 )
 
 from runner_storage.exceptions import one_line
-from service.options import HookSettings, SecretRef, comma_list
+from service.options import (
+    GRACE_PERIOD,
+    KEEP_VERSIONS,
+    GracePeriod,
+    HookSettings,
+    KeepVersions,
+    SecretRef,
+    comma_list,
+)
 from service.problems import (
     ENV_PREFIX,
     KIND_ERRORS,
@@ -91,8 +99,8 @@ class DaemonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     concurrency: int = Field(default=4, ge=1)
-    keep_versions: int = Field(default=3, ge=1)
-    grace_period: float = Field(default=600.0, ge=0)
+    keep_versions: KeepVersions = KEEP_VERSIONS
+    grace_period: GracePeriod = GRACE_PERIOD
     backoff_initial: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=300.0, gt=0)
     sources: list[SourceSettings] = Field(default_factory=list)

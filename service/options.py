@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,8 +27,13 @@ from runner_storage.exceptions import ConfigurationError
 from runner_storage.secrets import DESCEND, Secret, strip_url_credentials, walk
 
 __all__ = [
+    "GRACE_PERIOD",
+    "KEEP_VERSIONS",
     "GitCredentialSettings",
+    "GracePeriod",
     "HookSettings",
+    "KeepVersions",
+    "Retention",
     "SecretRef",
     "Strict",
     "comma_list",
@@ -41,6 +46,25 @@ class Strict(BaseModel):
     """A settings model: unknown keys refused, values frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: ``keep_versions``: how many published versions a source keeps (at least 1).
+KeepVersions = Annotated[int, Field(ge=1)]
+#: ``grace_period``: seconds a retired version is kept at least.
+GracePeriod = Annotated[float, Field(ge=0)]
+#: Their defaults.
+KEEP_VERSIONS, GRACE_PERIOD = 3, 600.0
+
+
+class Retention(Strict):
+    """How many published versions to keep, and how long a retired one stays at least.
+
+    The daemon's settings carry these two; ``runner-storage pull`` validates them alone,
+    without the rest of the daemon's settings (and without pydantic-settings).
+    """
+
+    keep_versions: KeepVersions = KEEP_VERSIONS
+    grace_period: GracePeriod = GRACE_PERIOD
 
 
 class SecretRef(Strict):

@@ -212,6 +212,70 @@ class TestPullsWithoutGit:
         assert "ls-remote" not in subcommands(git_calls)
         assert (storage.destination / "new.txt").read_text() == "new\n"
 
+    async def test_a_new_commit_is_fetched_by_its_id(
+        self, upstream_repo: UpstreamRepoFactory, git_http_server: GitHTTPServer, tmp_path: Path
+    ) -> None:
+        """A new commit costs four requests: our lookup, then git fetching the id it found.
+
+        Fetched by branch name, git would list the refs again (five requests, as many
+        ls-refs as pulls); fetched by id, it asks for the commit alone.
+        """
+        upstream = upstream_repo()
+        storage = storage_for(git_http_server, upstream, tmp_path / "base")
+        await storage.pull_code()
+        sha = upstream.commit({"new.txt": "new\n"})
+        git_http_server.reset_stats()
+        result = await storage.pull_code()
+        assert result.revision == sha
+        assert (storage.destination / "new.txt").read_text() == "new\n"
+        log = git_http_server.requests_for(upstream)
+        assert [(r.method, r.command, r.status) for r in log] == [
+            ("GET", None, 200),
+            ("POST", "ls-refs", 200),
+            ("GET", None, 200),
+            ("POST", "fetch", 200),
+        ]
+
+    async def test_a_push_during_a_v0_pull_is_fetched_by_name(
+        self,
+        upstream_repo: UpstreamRepoFactory,
+        git_http_server: GitHTTPServer,
+        git_calls: Path,
+        tmp_path: Path,
+    ) -> None:
+        """A push during a v0 pull: the branch is fetched by name, labelled as fetched.
+
+        A protocol v0 server refuses a commit that a push moved its branch past.
+        """
+        upstream = upstream_repo()
+        storage = storage_for(git_http_server, upstream, tmp_path / "base")
+        await storage.pull_code()
+        resolved = upstream.commit({"step.txt": "one\n"})
+        pushed: list[str] = []
+        adverts = 0
+
+        def accept(authorization: str | None, path: str) -> bool:
+            # The second advertisement is git's fetch, after our lookup saw ``resolved``.
+            nonlocal adverts
+            if path.endswith("/info/refs"):
+                adverts += 1
+                if adverts == 2:
+                    pushed.append(upstream.commit({"step.txt": "two\n"}))
+            return authorization == git_http_server.auth_header()
+
+        git_http_server.accept = accept
+        forget(git_calls)
+        try:
+            with git_http_server.protocol_v0_only():
+                result = await storage.pull_code()
+        finally:
+            git_http_server.accept = None
+        assert pushed
+        assert pushed[0] != resolved
+        assert result.revision == pushed[0]
+        assert (storage.destination / "step.txt").read_text() == "two\n"
+        assert subcommands(git_calls).count("fetch") == 2  # by id (refused), then by name
+
     async def test_protocol_v0_server_is_asked_by_git(
         self,
         upstream_repo: UpstreamRepoFactory,

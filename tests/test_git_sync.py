@@ -290,10 +290,15 @@ class TestUpdates:
         assert state.consecutive_failures == 1
         assert "gone" in (state.last_error or "")
 
-    async def test_a_push_between_resolving_and_fetching_is_labelled_by_what_was_fetched(
+    async def test_a_push_between_resolving_and_fetching_leaves_the_listed_commit(
         self, upstream_repo: UpstreamRepoFactory, tmp_path: Path
     ) -> None:
-        """The revision published is the commit actually fetched, not the one listed."""
+        """The commit listed is fetched by its id: a push in between is the next pull's.
+
+        The version is that commit's tree under that commit's name (a server refusing
+        commits by id gets the branch by name instead, labelled by what it fetched:
+        ``tests/test_git_refs.py``).
+        """
         upstream = upstream_repo()
         storage = git_storage(upstream.file_url, tmp_path)
         backend = storage.backend()
@@ -304,8 +309,10 @@ class TestUpdates:
         staging.mkdir()
         built = await backend.materialize(listed, staging, None)
         assert listed.id != pushed
-        assert built.revision.id == pushed
-        assert (staging / "flows/a.py").read_text() == "A = 'pushed'\n"
+        assert built.revision.id == listed.id
+        assert (staging / "flows/a.py").read_text() == INITIAL_FILES["flows/a.py"]
+        assert (await storage.pull_code()).revision == pushed
+        assert (storage.destination / "flows/a.py").read_text() == "A = 'pushed'\n"
 
 
 class TestSparse:

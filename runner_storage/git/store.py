@@ -247,6 +247,27 @@ class ObjectStore:
         self, *refspecs: str, depth: int, blobless: bool, what: str, refetch: bool = False
     ) -> None:
         """Fetch ``refspecs`` from origin, shallow to ``depth`` (0 = all history)."""
+        args = self._fetch_args(depth=depth, blobless=blobless, refetch=refetch)
+        await self.git.check(*args, "origin", *refspecs, what=what, where=self.where,
+                             git_dir=self.path)  # fmt: skip
+
+    async def fetch_commit(self, sha: str, ref: str, *, depth: int, blobless: bool) -> bool:
+        """Fetch commit ``sha`` into ``ref``; False if the server refuses it by id.
+
+        Fetching a full id, git asks the server for no ref list (one request fewer than a
+        branch name), and gets exactly that commit. A protocol v0 server without
+        ``uploadpack.allowReachableSHA1InWant`` sends only what its refs point at, so it
+        refuses a commit that a push has just moved a branch past.
+        """
+        args = self._fetch_args(depth=depth, blobless=blobless, refetch=False)
+        result = await self.git.run(*args, "origin", f"+{sha}:{ref}", git_dir=self.path)
+        if result.returncode == 0:
+            return True
+        if is_unadvertised_refusal(result.stderr):
+            return False
+        raise self.git.failure(f"fetch commit {sha}", self.where, result.stderr) from None
+
+    def _fetch_args(self, *, depth: int, blobless: bool, refetch: bool) -> list[str]:
         args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
         args.append("--no-recurse-submodules")
         if depth > 0:
@@ -256,8 +277,7 @@ class ObjectStore:
         args.append("--filter=blob:none" if blobless else "--no-filter")
         if refetch:
             args.append("--refetch")
-        await self.git.check(*args, "origin", *refspecs, what=what, where=self.where,
-                             git_dir=self.path)  # fmt: skip
+        return args
 
     async def fetch_objects(self, oids: Iterable[str]) -> bool:
         """Fetch missing objects by id; False if the server refuses unadvertised objects.

@@ -394,7 +394,16 @@ class GitBackend:
             and await store.rev_parse(f"{key}^{{commit}}") == resolved
         ):
             return resolved
+        if (
+            want.ref is not None
+            and resolved is not None
+            and not refetch
+            and await store.fetch_commit(resolved, key, depth=depth, blobless=blobless)
+        ):
+            # The commit resolve() saw and reported, by id: one request fewer than the name.
+            return resolved
         if want.ref is not None:
+            # A refresh, or a server refusing commits by id (a push moved the branch).
             what = f"fetch {_describe(want.ref)}"
             await store.fetch(
                 f"+{want.ref}:{key}", depth=depth, blobless=blobless, refetch=refetch, what=what

@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from runner_storage.types import SyncResult
+    from service.options import Retention
 
 __all__ = ["COMMAND", "pull_once"]
 
@@ -43,7 +46,6 @@ def pull_once(args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415 - only the commands that pull need it
     from pydantic import ValidationError  # noqa: PLC0415 - only commands that read settings
 
-    from service.config import SettingsError, load_settings  # noqa: PLC0415 - as pydantic
     from service.logging import configure_library_logging  # noqa: PLC0415 - as pydantic
     from service.sources import parse_source  # noqa: PLC0415 - as pydantic
 
@@ -62,19 +64,16 @@ def pull_once(args: argparse.Namespace) -> int:
     # Only what was given: an option of another kind is refused, not silently dropped.
     options: dict[str, Any] = {"source": args.source, "pull_interval": None}
     options.update({key: value for key, value in given.items() if value is not None})
-    retention = {k: v for k, v in os.environ.items() if k.upper() in _RETENTION_VARIABLES}
-    try:
-        settings = load_settings(environ=retention)
-    except SettingsError as exc:
-        raise UsageError(exc.problems) from None
+    retention = _retention(os.environ)
     try:
         source = parse_source(options)
     except ValidationError as exc:
         raise UsageError([_option_problem(exc, options)]) from None
-    settings = settings.model_copy(
-        update={"root": _check_dest(args.dest or Path.cwd()), "sources": [source]}
-    )
-    ((_, storage),) = shared.build_all(settings)
+    where = _Publishing(_check_dest(args.dest or Path.cwd()), retention)
+    built, problems = shared.build_sources([(0, source)], where)
+    if problems:
+        raise UsageError(problems)
+    ((_, storage),) = built
     if isinstance(storage, LocalStorage):
         if not storage.destination.is_dir():
             raise UsageError(
@@ -93,6 +92,48 @@ def pull_once(args: argparse.Namespace) -> int:
         return shared.EXIT_USAGE if isinstance(exc, ConfigurationError) else shared.EXIT_FAILURE
     _print_result(storage.destination, result, as_json=args.json)
     return shared.EXIT_OK
+
+
+def _retention(environ: Mapping[str, str]) -> Retention:
+    """``RUNNER_STORAGE_KEEP_VERSIONS`` and ``_GRACE_PERIOD``, checked as the daemon checks them.
+
+    Only these two: the daemon's other settings (and pydantic-settings, a tenth of a
+    second to import) have nothing to do with one pull.
+
+    Raises:
+        UsageError: one line per bad value, naming its variable.
+    """
+    from pydantic import ValidationError  # noqa: PLC0415 - as in pull_once
+
+    from service.options import Retention  # noqa: PLC0415 - as pydantic
+    from service.problems import ENV_PREFIX, describe  # noqa: PLC0415 - as pydantic
+
+    values = {
+        name.upper().removeprefix(ENV_PREFIX).lower(): value
+        for name, value in environ.items()
+        if name.upper() in _RETENTION_VARIABLES
+    }
+    try:
+        return Retention.model_validate(values)
+    except ValidationError as exc:
+        lines = describe(exc, [("environment", values)], values, whole_model=True)
+        raise UsageError(lines) from None
+
+
+@dataclass(frozen=True)
+class _Publishing:
+    """Where one pull publishes, and what it keeps (a :class:`shared.Publishing`)."""
+
+    root: Path
+    retention: Retention
+
+    @property
+    def keep_versions(self) -> int:
+        return self.retention.keep_versions
+
+    @property
+    def grace_period(self) -> float:
+        return self.retention.grace_period
 
 
 def _print_result(destination: Path, result: SyncResult, *, as_json: bool) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from runner_storage.exceptions import ConfigurationError
 from runner_storage.local import LocalStorage
@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_USAGE",
     "Built",
     "Command",
+    "Publishing",
     "UsageError",
     "add_config_option",
     "build_all",
@@ -122,8 +123,24 @@ def build_all(settings: DaemonSettings) -> list[Built]:
     return built
 
 
+class Publishing(Protocol):
+    """Where sources publish and what they keep: the daemon's settings, or one pull's."""
+
+    @property
+    def root(self) -> Path:
+        """The base path every source publishes under."""
+
+    @property
+    def keep_versions(self) -> int:
+        """How many published versions each source keeps."""
+
+    @property
+    def grace_period(self) -> float:
+        """Seconds a retired version is kept at least."""
+
+
 def build_sources(
-    sources: list[tuple[int, SourceBase]], settings: DaemonSettings
+    sources: list[tuple[int, SourceBase]], settings: Publishing
 ) -> tuple[list[Built], list[str]]:
     """Build each source's storage; the problems, one line each, name the source's index."""
     built: list[tuple[int, SourceBase, ManagedStorage | LocalStorage]] = []
