@@ -251,7 +251,9 @@ class ObjectStore:
         await self.git.check(*args, "origin", *refspecs, what=what, where=self.where,
                              git_dir=self.path)  # fmt: skip
 
-    async def fetch_commit(self, sha: str, ref: str, *, depth: int, blobless: bool) -> bool:
+    async def fetch_commit(
+        self, sha: str, ref: str, *, depth: int, blobless: bool, what: str
+    ) -> bool:
         """Fetch commit ``sha`` into ``ref``; False if the server refuses it by id.
 
         Fetching a full id, git asks the server for no ref list (one request fewer than a
@@ -265,7 +267,7 @@ class ObjectStore:
             return True
         if is_unadvertised_refusal(result.stderr):
             return False
-        raise self.git.failure(f"fetch commit {sha}", self.where, result.stderr) from None
+        raise self.git.failure(what, self.where, result.stderr) from None
 
     def _fetch_args(self, *, depth: int, blobless: bool, refetch: bool) -> list[str]:
         args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]

@@ -394,17 +394,18 @@ class GitBackend:
             and await store.rev_parse(f"{key}^{{commit}}") == resolved
         ):
             return resolved
-        if (
-            want.ref is not None
-            and resolved is not None
-            and not refetch
-            and await store.fetch_commit(resolved, key, depth=depth, blobless=blobless)
-        ):
-            # The commit resolve() saw and reported, by id: one request fewer than the name.
-            return resolved
         if want.ref is not None:
-            # A refresh, or a server refusing commits by id (a push moved the branch).
             what = f"fetch {_describe(want.ref)}"
+            if (
+                resolved is not None
+                and not refetch
+                and await store.fetch_commit(
+                    resolved, key, depth=depth, blobless=blobless, what=what
+                )
+            ):
+                # The commit resolve() saw, by id: one request fewer than by the name.
+                return resolved
+            # A refetch, or a server refusing commits by id (a push moved the branch).
             await store.fetch(
                 f"+{want.ref}:{key}", depth=depth, blobless=blobless, refetch=refetch, what=what
             )
