@@ -15,7 +15,7 @@ import binascii
 import contextlib
 import hashlib
 import os
-import string
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +31,8 @@ __all__ = ["READABLE_PROTOCOLS", "listed_md5", "same_content"]
 READABLE_PROTOCOLS = frozenset({"file", "local", "memory"})
 
 _CHUNK = 1 << 20
+#: An MD5 in hex, as a single-part S3 ETag holds it (checked once per listed object).
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 _S3 = frozenset({"s3", "s3a"})
 _GCS = frozenset({"gs", "gcs"})
 _AZURE = frozenset({"az", "abfs", "abfss"})
@@ -59,7 +61,7 @@ def listed_md5(protocols: Iterable[str], info: Mapping[str, Any]) -> str | None:
 
 def _etag_md5(etag: str) -> str | None:
     value = etag.strip('"').lower()
-    if len(value) == 32 and all(c in string.hexdigits for c in value):
+    if _MD5_HEX.fullmatch(value):
         return value  # a multipart ETag ends in -N: not an MD5
     return None
 
