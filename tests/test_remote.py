@@ -728,6 +728,34 @@ class TestPullStep:
         with pytest.raises(ConfigurationError, match=r"Secret\.from_env"):
             storage.to_pull_step()
 
+    @pytest.mark.parametrize("mode", ["anon", "google_default", "cloud", "cache", "browser"])
+    def test_a_gcs_token_mode_is_written_as_it_is(self, mode: str) -> None:
+        """The gcsfs ``token="anon"`` (and its other modes) says how to log in: no secret."""
+        step = RemoteStorage("gs://bucket/flows", token=mode, project="p").to_pull_step()
+        assert step == {
+            "prefect.deployments.steps.pull_from_remote_storage": {
+                "url": "gs://bucket/flows",
+                "token": mode,
+                "project": "p",
+                "requires": "gcsfs",
+            }
+        }
+
+    def test_a_gcs_token_mode_is_not_redacted(self) -> None:
+        """Messages keep ``anon`` in ``anonymous.py``; on S3 a token "anon" is still hidden."""
+        message = "cannot read {}://bucket/flows/anonymous.py"
+        gcs = RemoteStorage("gs://bucket/flows", token="anon")
+        assert gcs.redact(message.format("gs")) == message.format("gs")
+        s3 = RemoteStorage("s3://bucket/flows", token="anon")
+        assert "anonymous" not in s3.redact(message.format("s3"))
+
+    def test_a_token_mode_is_still_a_secret_elsewhere(self) -> None:
+        """On S3 ``token`` is the session token: "anon" there is plain text, refused."""
+        with pytest.raises(ConfigurationError, match=r"settings\['token'\]"):
+            RemoteStorage("s3://bucket/flows", token="anon").to_pull_step()
+        with pytest.raises(ConfigurationError, match=r"settings\['token'\]"):
+            RemoteStorage("gs://bucket/flows", token={"client_email": "x"}).to_pull_step()
+
     def test_password_in_url_is_refused(self) -> None:
         """A URL carrying a password cannot be written into a step either."""
         with pytest.raises(ConfigurationError, match="password"):

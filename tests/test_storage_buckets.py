@@ -31,6 +31,7 @@ from servers.azurite import AzuriteServer, connection_string
 from servers.gcs import GCSServer
 from servers.s3 import S3Server
 
+from runner_storage.deployments.steps import pull_from_remote_storage
 from runner_storage.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -920,6 +921,27 @@ class TestPullStep:
                 "requires": ["runner-storage", "gcsfs"],
             }
         }
+
+    @pytest.mark.anyio
+    async def test_a_public_gcs_buckets_step_runs(
+        self,
+        request: pytest.FixtureRequest,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        script: Path,
+    ) -> None:
+        """``token="anon"`` is written into the step as it is, and the step pulls the flow."""
+        store = make_store("gs", request, tmp_path, monkeypatch)
+        storage = store.storage()
+        location = storage.add_flow(script)
+        storage.build()
+        ((name, inputs),) = storage.to_pull_step().items()
+        assert name == STEP
+        assert inputs["token"] == "anon"
+        settings = {key: value for key, value in inputs.items() if key not in {"url", "requires"}}
+        result = await pull_from_remote_storage(inputs["url"], **settings)
+        published = Path.cwd() / result["directory"]
+        assert (published / PurePosixPath(location).name).read_bytes() == FLOW
 
     def test_built_storage_steps_to_its_location(
         self, s3_store: S3Store, script: Path, monkeypatch: pytest.MonkeyPatch

@@ -26,8 +26,10 @@ from runner_storage.secrets.secret import Secret, is_secret_like, resolve_secret
 
 __all__ = [
     "DESCEND",
+    "GCS_TOKEN_MODES",
     "MAX_DEPTH",
     "SENSITIVE_SETTING_KEYS",
+    "login_modes",
     "resolve_settings",
     "secret_values",
     "walk",
@@ -126,6 +128,22 @@ def resolve_settings(value: Any, *, found: list[str] | None = None) -> Any:
         return text
 
     return walk(value, resolve)
+
+
+#: gcsfs's ``token`` values that name a way to find credentials, not a credential.
+GCS_TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "cache", "browser"})
+
+
+def login_modes(protocol: str, settings: Mapping[str, Any]) -> dict[str, str]:
+    """The settings under a secret's name that say how to log in instead: not secrets.
+
+    gcsfs's ``token="anon"`` (and its other :data:`GCS_TOKEN_MODES`) on ``gs://``; on S3,
+    ``token`` is the session token, and a dict is a service account's key everywhere.
+    """
+    token = settings.get("token")
+    if protocol.lower() in {"gs", "gcs"} and isinstance(token, str) and token in GCS_TOKEN_MODES:
+        return {"token": token}
+    return {}
 
 
 def secret_values(value: Any, *, objects: bool = False) -> list[str]:

@@ -19,6 +19,7 @@ from runner_storage.secrets import (
     placeholder_for,
     walk,
 )
+from runner_storage.secrets.walk import login_modes
 
 STEPS = "prefect.deployments.steps"
 
@@ -75,8 +76,14 @@ def _credentials_for_step(credentials: Any) -> Any:
 def pull_from_remote_storage_step(
     *, url: str, settings: Mapping[str, Any], requires: str | None
 ) -> dict[str, Any]:
-    """A ``pull_from_remote_storage`` step with secret settings as placeholders."""
-    step: dict[str, Any] = {"url": url, **with_placeholders(settings, path="settings")}
+    """A ``pull_from_remote_storage`` step with secret settings as placeholders.
+
+    A login mode (:func:`~runner_storage.secrets.walk.login_modes`: GCS's ``token="anon"``)
+    is written as it is.
+    """
+    plain = login_modes(url.split("://", 1)[0], settings)
+    rest = with_placeholders({k: v for k, v in settings.items() if k not in plain}, path="settings")
+    step: dict[str, Any] = {"url": url, **{k: plain.get(k, rest.get(k)) for k in settings}}
     if requires:
         step["requires"] = requires
     return {f"{STEPS}.pull_from_remote_storage": step}
