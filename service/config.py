@@ -36,9 +36,8 @@ from pydantic_settings import (
 )
 
 from runner_storage.exceptions import one_line
+from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
 from service.options import (
-    GRACE_PERIOD,
-    KEEP_VERSIONS,
     GracePeriod,
     HookSettings,
     KeepVersions,
@@ -99,8 +98,8 @@ class DaemonSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     concurrency: int = Field(default=4, ge=1)
-    keep_versions: KeepVersions = KEEP_VERSIONS
-    grace_period: GracePeriod = GRACE_PERIOD
+    keep_versions: KeepVersions = DEFAULT_KEEP
+    grace_period: GracePeriod = DEFAULT_GRACE_SECONDS
     backoff_initial: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=300.0, gt=0)
     sources: list[SourceSettings] = Field(default_factory=list)

@@ -24,11 +24,10 @@ from pydantic import (
 )
 
 from runner_storage.exceptions import ConfigurationError
+from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
 from runner_storage.secrets import DESCEND, Secret, strip_url_credentials, walk
 
 __all__ = [
-    "GRACE_PERIOD",
-    "KEEP_VERSIONS",
     "GitCredentialSettings",
     "GracePeriod",
     "HookSettings",
@@ -52,8 +51,6 @@ class Strict(BaseModel):
 KeepVersions = Annotated[int, Field(ge=1)]
 #: ``grace_period``: seconds a retired version is kept at least.
 GracePeriod = Annotated[float, Field(ge=0)]
-#: Their defaults.
-KEEP_VERSIONS, GRACE_PERIOD = 3, 600.0
 
 
 class Retention(Strict):
@@ -63,8 +60,8 @@ class Retention(Strict):
     without the rest of the daemon's settings (and without pydantic-settings).
     """
 
-    keep_versions: KeepVersions = KEEP_VERSIONS
-    grace_period: GracePeriod = GRACE_PERIOD
+    keep_versions: KeepVersions = DEFAULT_KEEP
+    grace_period: GracePeriod = DEFAULT_GRACE_SECONDS
 
 
 class SecretRef(Strict):

@@ -1324,6 +1324,17 @@ class TestPullStep:
 
         assert s3_root.settings["secret"] not in assert_one_line(caught.value)
 
+    def test_a_gcs_token_mode_is_written_and_not_redacted(self) -> None:
+        """``token="anon"`` on a GCS root says how to log in: written as it is, never hidden."""
+        storage = SnapshotStorage("gs://bucket/snap", snapshot="a" * 64, token="anon")
+
+        step = storage.to_pull_step()
+
+        assert step[PULL_STEP]["token"] == "anon"
+        assert storage.redact("no snapshot at gs://bucket/anonymous") == (
+            "no snapshot at gs://bucket/anonymous"
+        )
+
     def test_root_with_a_password_is_refused(self) -> None:
         """A password in the root URL would be written into the step: refused, not shown."""
         storage = SnapshotStorage("https://user:pw-canary@example.invalid/snap", snapshot="a" * 64)

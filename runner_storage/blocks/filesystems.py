@@ -225,7 +225,7 @@ class RemoteFileSystem(FileSystemBlock):
         return [(listing.remote[e.path], os.fspath(destination / e.path)) for e in listing.entries]
 
     def _secret_values(self) -> list[str]:
-        values = secret_values(self._settings)
+        values = secret_values(self._settings, protocol=self._protocol)
         password = urlsplit(self._basepath).password
         return [*values, password, unquote(password)] if password else values
 

@@ -171,7 +171,11 @@ class FsspecStorageBlock(StorageBlock):
         """``call(fs)`` on this call's filesystem, every failure translated once."""
         found: list[str] = []
         settings = self._resolved_settings(found)
-        texts = [*found, *secret_values(settings), *self._extra_secrets(settings)]
+        texts = [
+            *found,
+            *secret_values(settings, protocol=self._protocol),
+            *self._extra_secrets(settings),
+        ]
         texts += [part for text in found for part in secret_parts(text)]
         redact_text = functools.partial(redact, secrets=tuple(texts))
         try:

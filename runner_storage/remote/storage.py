@@ -20,7 +20,6 @@ from runner_storage.publish.managed import ManagedStorage
 from runner_storage.publish.retention import DEFAULT_GRACE_SECONDS, DEFAULT_KEEP
 from runner_storage.remote.backend import RemoteBackend, public_url
 from runner_storage.secrets import secret_values
-from runner_storage.secrets.walk import login_modes
 from runner_storage.steps import pull_from_remote_storage_step
 
 __all__ = ["DEFAULT_TRANSFER_CONCURRENCY", "RemoteStorage"]
@@ -140,8 +139,7 @@ class RemoteStorage(ManagedStorage):
         return public_url(self._url)
 
     def _secret_values(self) -> list[str]:
-        modes = login_modes(self._protocol, self._settings)  # "anon" is no secret to hide
-        values = secret_values({k: v for k, v in self._settings.items() if k not in modes})
+        values = secret_values(self._settings, protocol=self._protocol)
         password = urlsplit(self._url).password
         if password:
             # As written in the URL, and decoded as the filesystem is given it (ftp://).

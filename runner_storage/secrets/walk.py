@@ -134,27 +134,34 @@ def resolve_settings(value: Any, *, found: list[str] | None = None) -> Any:
 GCS_TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "cache", "browser"})
 
 
-def login_modes(protocol: str, settings: Mapping[str, Any]) -> dict[str, str]:
+def login_modes(protocol: str | None, settings: Any) -> dict[str, str]:
     """The settings under a secret's name that say how to log in instead: not secrets.
 
-    gcsfs's ``token="anon"`` (and its other :data:`GCS_TOKEN_MODES`) on ``gs://``; on S3,
-    ``token`` is the session token, and a dict is a service account's key everywhere.
+    ``settings`` are a filesystem's of ``protocol``: gcsfs's ``token="anon"`` (and its
+    other :data:`GCS_TOKEN_MODES`) on ``gs://``. On S3 ``token`` is the session token, and
+    a dict is a service account's key everywhere; without a protocol nothing is a mode.
     """
+    if protocol is None or not isinstance(settings, Mapping):
+        return {}
     token = settings.get("token")
     if protocol.lower() in {"gs", "gcs"} and isinstance(token, str) and token in GCS_TOKEN_MODES:
         return {"token": token}
     return {}
 
 
-def secret_values(value: Any, *, objects: bool = False) -> list[str]:
+def secret_values(value: Any, *, objects: bool = False, protocol: str | None = None) -> list[str]:
     """Every secret's current text inside ``value``, for redaction.
 
     Secret holders count (unreadable ones are skipped), and so does plain text under a
     sensitive key (:data:`SENSITIVE_SETTING_KEYS`). With ``objects``, the attributes of
     objects are searched too (a block's ``SecretStr`` fields, its credentials block's);
     an object's ``get()`` is then never called, since only our own holders are known to
-    be safe to read.
+    be safe to read. With ``protocol``, ``value`` holds that filesystem's settings, whose
+    :func:`login_modes` are not secrets (``token="anon"`` would hide "anon" everywhere).
     """
+    modes = login_modes(protocol, value)
+    if modes:
+        value = {key: item for key, item in value.items() if key not in modes}
     found: list[str] = []
 
     def collect(item: Any, key: str | None, _path: str) -> Any:

@@ -97,7 +97,7 @@ def collect_garbage(
     if grace_period < 0:
         raise ConfigurationError(f"grace_period must not be negative, got {grace_period!r}")
     url, protocol = root_url(root, user="collect_garbage")
-    values = secret_values(settings)
+    values = secret_values(settings, protocol=protocol)
     store = SnapshotStore(url, protocol, settings, lambda text: redact(text, values))
     store.check_writable("collect_garbage")
     return _collect(store, keep=keep, dry_run=dry_run, grace_period=grace_period)

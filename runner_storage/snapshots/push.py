@@ -179,7 +179,7 @@ class _Push:
         self.ref = check_ref_name(ref)
         self.rules = IgnoreRules.for_tree(self.directory, ignore_file)
         url, protocol = root_url(root, user="push_snapshot")
-        values = secret_values(settings)
+        values = secret_values(settings, protocol=protocol)
         self.store = SnapshotStore(url, protocol, settings, lambda text: redact(text, values))
         self.store.check_writable("push_snapshot")
         self.progress = progress

@@ -158,7 +158,7 @@ class SnapshotStorage(ManagedStorage):
                 "the root URL holds a password, which would be written into the pull step:"
                 " pass credentials as settings with Secret.from_env(...) instead"
             )
-        settings = with_placeholders(self._settings, path="settings")
+        settings = with_placeholders(self._settings, path="settings", protocol=self._protocol)
         snapshot = self._snapshot or self._published() or self._backend().read_ref()
         package = required_package(self._protocol)
         step: dict[str, Any] = {
@@ -188,7 +188,7 @@ class SnapshotStorage(ManagedStorage):
         return public_url(self._root)
 
     def _secret_values(self) -> list[str]:
-        return secret_values(self._settings)
+        return secret_values(self._settings, protocol=self._protocol)
 
     def backend(self) -> Backend:
         """A backend for one pull: read the ref (or take the pin), then fetch what is new."""

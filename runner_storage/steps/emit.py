@@ -76,26 +76,26 @@ def _credentials_for_step(credentials: Any) -> Any:
 def pull_from_remote_storage_step(
     *, url: str, settings: Mapping[str, Any], requires: str | None
 ) -> dict[str, Any]:
-    """A ``pull_from_remote_storage`` step with secret settings as placeholders.
-
-    A login mode (:func:`~runner_storage.secrets.walk.login_modes`: GCS's ``token="anon"``)
-    is written as it is.
-    """
-    plain = login_modes(url.split("://", 1)[0], settings)
-    rest = with_placeholders({k: v for k, v in settings.items() if k not in plain}, path="settings")
-    step: dict[str, Any] = {"url": url, **{k: plain.get(k, rest.get(k)) for k in settings}}
+    """A ``pull_from_remote_storage`` step with secret settings as placeholders."""
+    protocol = url.split("://", 1)[0]
+    step: dict[str, Any] = {
+        "url": url,
+        **with_placeholders(settings, path="settings", protocol=protocol),
+    }
     if requires:
         step["requires"] = requires
     return {f"{STEPS}.pull_from_remote_storage": step}
 
 
-def with_placeholders(value: Any, *, path: str) -> Any:
+def with_placeholders(value: Any, *, path: str, protocol: str | None = None) -> Any:
     """``value`` with every secret inside replaced by its placeholder, ready to write down.
 
     Secret holders (and saved Prefect blocks) become their placeholders; a plain value
     under a sensitive key (``secret``, ``token``, ``password``, ``service_account_info``...)
     is refused, whether text or a table; tuples become lists, since what is written down
-    is YAML or JSON.
+    is YAML or JSON. With ``protocol``, ``value`` holds that filesystem's settings, and
+    their :func:`~runner_storage.secrets.walk.login_modes` (GCS's ``token="anon"``) are
+    written as they are.
 
     Raises:
         ConfigurationError: a secret has no placeholder; the message names it by ``path``.
@@ -112,7 +112,11 @@ def with_placeholders(value: Any, *, path: str) -> Any:
             return walk(list(value), placeholder, path=path, key=key)
         return DESCEND
 
-    return walk(value, placeholder, path=path)
+    modes = login_modes(protocol, value)
+    if not modes:
+        return walk(value, placeholder, path=path)
+    rest = walk({k: v for k, v in value.items() if k not in modes}, placeholder, path=path)
+    return {key: modes[key] if key in modes else rest[key] for key in value}
 
 
 def set_working_directory_step(directory: str) -> dict[str, Any]:
