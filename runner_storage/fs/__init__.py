@@ -3,7 +3,9 @@
 * :mod:`~runner_storage.fs.protocols`: which URLs are taken, and what each protocol needs
   installed;
 * :mod:`~runner_storage.fs.pool`: filesystems built with resolved, checked settings, and
-  pooled between pulls (:mod:`~runner_storage.fs.settings`, :mod:`~runner_storage.fs.s3`);
+  pooled between pulls (:mod:`~runner_storage.fs.settings`, :mod:`~runner_storage.fs.s3`),
+  and for pulls of ``s3://`` a reader over botocore's own client
+  (:mod:`~runner_storage.fs.s3_direct`) that lists and reads as s3fs does;
 * :mod:`~runner_storage.fs.ftp`: fsspec's FTP filesystem made safe to sync from (its own
   connection per use, MLSD listings, one download at a time);
 * :mod:`~runner_storage.fs.listing` and :mod:`~runner_storage.fs.transfer`: one recursive

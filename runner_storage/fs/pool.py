@@ -25,6 +25,7 @@ from fsspec.spec import AbstractFileSystem
 from runner_storage.fs import ftp
 from runner_storage.fs.protocols import SINGLE_CONNECTION, missing_dependency
 from runner_storage.fs.s3 import prepare_s3fs
+from runner_storage.fs.s3_direct import direct_settings, open_direct_s3
 from runner_storage.fs.settings import building_error, check_settings
 
 __all__ = [
@@ -37,9 +38,18 @@ __all__ = [
 
 
 def open_filesystem(
-    protocol: str, settings: Mapping[str, Any], *, redact: Callable[[str], str] | None = None
+    protocol: str,
+    settings: Mapping[str, Any],
+    *,
+    redact: Callable[[str], str] | None = None,
+    reads_only: str | None = None,
 ) -> AbstractFileSystem:
     """A new filesystem: resolved settings, no fsspec instance cache, no listings cache.
+
+    With ``reads_only`` (the URL to be read), a caller that only lists, reads and
+    downloads may get a filesystem that can do only that, where one exists for the
+    settings: ``s3://`` through botocore's own client
+    (:class:`~runner_storage.fs.s3_direct.DirectS3FileSystem`), without s3fs's stack.
 
     The settings are checked before the filesystem is built (a required one missing, a
     credential that is not text), and s3fs builds its client here, so that what botocore
@@ -51,6 +61,7 @@ def open_filesystem(
         settings: the resolved settings (secrets are plain text here).
         redact: removes secret values from text; without it no message text of the
             filesystem's own is shown, only the names of the settings.
+        reads_only: the URL the caller will only list, read and download (see above).
 
     Raises:
         MissingDependencyError: the protocol's package, or a module it needs, is not
@@ -59,6 +70,14 @@ def open_filesystem(
         Exception: building the filesystem failed otherwise (some connect when built, like
             sftp://); translate it with :func:`translate_error`.
     """
+    if reads_only is not None and direct_settings(protocol, reads_only, settings):
+        try:
+            return open_direct_s3(settings)
+        except Exception as exc:
+            error = building_error(protocol, settings, exc, redact)
+            if error is exc:
+                raise
+            raise error from None
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
@@ -82,7 +101,11 @@ def open_filesystem(
 
 @contextlib.contextmanager
 def filesystem(
-    protocol: str, settings: Mapping[str, Any], *, redact: Callable[[str], str] | None = None
+    protocol: str,
+    settings: Mapping[str, Any],
+    *,
+    redact: Callable[[str], str] | None = None,
+    reads_only: str | None = None,
 ) -> Iterator[AbstractFileSystem]:
     """A filesystem for one phase of a pull, kept open for the next pulls with the same settings.
 
@@ -101,18 +124,23 @@ def filesystem(
     filesystem is a single connection (``ftp://``, see
     :data:`~runner_storage.fs.protocols.SINGLE_CONNECTION`): two pulls must never share it.
 
+    ``reads_only``: see :func:`open_filesystem`; such filesystems are pooled apart.
+
     Raises:
         MissingDependencyError, ConfigurationError, Exception: see :func:`open_filesystem`.
     """
-    key = None if protocol in SINGLE_CONNECTION else _pool_key(protocol, settings)
+    direct = reads_only is not None and direct_settings(protocol, reads_only, settings)
+    key = None if protocol in SINGLE_CONNECTION else _pool_key(protocol, settings, direct=direct)
     if key is None:
-        fs = open_filesystem(protocol, settings, redact=redact)
+        fs = open_filesystem(protocol, settings, redact=redact, reads_only=reads_only)
         try:
             yield fs
         finally:
             close_filesystem(fs)
         return
-    entry = _POOL.acquire(key, lambda: open_filesystem(protocol, settings, redact=redact))
+    entry = _POOL.acquire(
+        key, lambda: open_filesystem(protocol, settings, redact=redact, reads_only=reads_only)
+    )
     failed = True
     try:
         yield entry.fs
@@ -153,14 +181,14 @@ def _fingerprint_value(value: Any) -> Any:
     raise _Unpoolable(type(value).__name__)
 
 
-def _pool_key(protocol: str, settings: Mapping[str, Any]) -> str | None:
+def _pool_key(protocol: str, settings: Mapping[str, Any], *, direct: bool = False) -> str | None:
     """A digest of the protocol and the resolved settings, or None if they have no stable one.
 
     Secret values take part in the digest (a rotated secret must not reuse the old client)
-    but only their hash is kept.
+    but only their hash is kept. A direct (read-only) filesystem has keys of its own.
     """
     try:
-        text = json.dumps([protocol, settings], sort_keys=True, default=_fingerprint_value)
+        text = json.dumps([protocol, settings, direct], sort_keys=True, default=_fingerprint_value)
     except (TypeError, ValueError):  # _Unpoolable, or keys that are not text (or mixed)
         return None
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -27,6 +27,7 @@ __all__ = [
     "EXTRAS",
     "SINGLE_CONNECTION",
     "check_protocol",
+    "is_installed",
     "is_known",
     "missing_dependency",
     "required_package",
@@ -110,12 +111,12 @@ def check_protocol(url: str, *, user: str = "RemoteStorage") -> str:
         )
     if scheme == ftp.PROTOCOL:
         ftp.check_url(url)
-    if scheme in EXTRAS and not _installed(required_package(scheme) or scheme):
+    if scheme in EXTRAS and not is_installed(required_package(scheme) or scheme):
         raise _extra_missing(scheme)
     return scheme
 
 
-def _installed(package: str) -> bool:
+def is_installed(package: str) -> bool:
     """Whether ``package`` can be imported, found without importing it."""
     try:
         return importlib.util.find_spec(package) is not None

@@ -117,9 +117,10 @@ class RemoteBackend:
         )
 
     def _filesystem(self) -> contextlib.AbstractContextManager[AbstractFileSystem]:
-        # Secrets are resolved now, for this phase of this pull, and never kept.
+        # Secrets are resolved now, for this phase of this pull, and never kept. A pull
+        # only lists and downloads: s3:// may go through botocore's client directly.
         settings = {**url_settings(self.protocol, self.url), **resolve_settings(self.settings)}
-        return filesystem(self.protocol, settings, redact=self.redact)
+        return filesystem(self.protocol, settings, redact=self.redact, reads_only=self.url)
 
     def _list(self) -> Listing:
         try:

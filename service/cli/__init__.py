@@ -12,14 +12,19 @@ their top.
 from __future__ import annotations
 
 import argparse
+import gc as collector  # service.cli.gc is the gc command
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from service.cli import check, gc, package, pull, push, run, status, steps
 from service.cli.shared import EXIT_USAGE, UsageError
 
-__all__ = ["main"]
+__all__ = ["console", "main"]
+
+#: Allocations between two collections of young objects in the console script.
+YOUNG_COLLECTION_THRESHOLD = 10_000
 
 #: The commands, in the order ``--help`` lists them.
 COMMANDS = (run, pull, steps, check, status, package, push, gc)
@@ -37,6 +42,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def console() -> NoReturn:
+    """The ``runner-storage`` console script: :func:`main`, then exit without a teardown.
+
+    When :func:`main` returns, everything a command writes is written: a version is
+    published (renamed into place and synced), state and logs are flushed. What Python's
+    own shutdown would do after that (collect garbage and free every module's objects: 50
+    to 80 ms once the S3 and settings stacks are loaded, more than a no-op pull's own
+    work) changes nothing, so the process flushes its streams and logging handlers and
+    leaves at once. ``main`` itself returns normally, for callers in the same process.
+
+    Young objects are collected every 10,000 allocations instead of 700: importing
+    botocore's and pydantic's models allocates hundreds of thousands of objects that live
+    as long as the process, and walking them again and again cost a no-op pull about
+    30 ms of its 0.3 s of CPU.
+    """
+    collector.set_threshold(YOUNG_COLLECTION_THRESHOLD, *collector.get_threshold()[1:])
+    code = main()
+    logging = sys.modules.get("logging")  # a command that logged has loaded it
+    if logging is not None:
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
+            code = code or 1
+    os._exit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,6 +75,7 @@ class Hold:
 
     matches: Callable[[str, str], bool]
     after_bytes: int | None
+    cut: bool = False
     reached: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
     taken: bool = False
@@ -207,15 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
                         hold is not None
                         and hold.after_bytes is not None
                         and not hold.reached.is_set()
+                        and hold.after_bytes - sent <= len(chunk)
                     ):
-                        room = hold.after_bytes - sent
-                        if room <= len(chunk):
-                            self.wfile.write(chunk[:room])
-                            self.wfile.flush()
-                            sent += room
-                            hold.reached.set()
-                            owner.wait_released(hold)
-                            chunk = chunk[room:]
+                        rest = self._hold_at(hold, chunk, sent, response.status)
+                        if rest is None:  # cut
+                            return
+                        chunk, sent = rest, hold.after_bytes
                     self.wfile.write(chunk)
                     sent += len(chunk)
             elif self.command != "HEAD":
@@ -230,6 +228,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             upstream.close()
+
+    def _hold_at(self, hold: Hold, chunk: bytes, sent: int, status: int) -> bytes | None:
+        """Relay ``chunk`` up to the hold point, then hold (or cut); the rest, or None if cut."""
+        assert hold.after_bytes is not None, "the caller checked"
+        room = hold.after_bytes - sent
+        self.wfile.write(chunk[:room])
+        self.wfile.flush()
+        if hold.cut:
+            self.server.owner.record(
+                ProxiedRequest(self.command, self.path, status, hold.after_bytes, "cut")
+            )
+            hold.reached.set()
+            self._reset()
+            return None
+        hold.reached.set()
+        self.server.owner.wait_released(hold)
+        return chunk[room:]
 
     def _reset(self) -> None:
         """Close the client connection with a TCP reset (SO_LINGER 0)."""
@@ -320,14 +335,16 @@ class FaultProxy:
         matches: Callable[[str, str], bool] = lambda method, path: True,
         *,
         after_bytes: int | None = None,
+        cut: bool = False,
     ) -> Hold:
         """Pause the next request for which ``matches(method, path)`` is true.
 
         With ``after_bytes=None`` the request is held before it is forwarded; otherwise its
         response headers and the first ``after_bytes`` bytes of its body are relayed, then
-        it is held. Only one request is held per call.
+        it is held, or with ``cut`` its connection is reset there (recorded as ``"cut"``).
+        Only one request is held per call.
         """
-        hold = Hold(matches, after_bytes)
+        hold = Hold(matches, after_bytes, cut)
         with self._lock:
             self._holds.append(hold)
         return hold
