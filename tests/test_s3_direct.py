@@ -140,6 +140,31 @@ class TestListing:
         assert {n: ours.get(n) for n in names} == {n: theirs.get(n) for n in names}
 
 
+class TestRequesterPays:
+    """``requester_pays`` reaches every operation that takes it, and no other."""
+
+    def test_a_requester_pays_source_lists_looks_up_and_downloads(
+        self, s3_server: S3Server, tree_bucket: str, tmp_path: Path
+    ) -> None:
+        """The bucket itself (HeadBucket takes no RequestPayer), a listing and a download.
+
+        Control: s3fs with the same settings describes the bucket the same way.
+        """
+        settings = {**s3_server.storage_options(), "requester_pays": True}
+        direct = open_direct_s3(settings)
+        s3fs = open_filesystem("s3", settings)
+        try:
+            assert direct.info(tree_bucket)["type"] == s3fs.info(tree_bucket)["type"]
+            assert sorted(direct.find(f"{tree_bucket}/flows")) == sorted(
+                s3fs.find(f"{tree_bucket}/flows")
+            )
+            direct.get_file(f"{tree_bucket}/flows/a.py", str(tmp_path / "a.py"))
+        finally:
+            close_filesystem(direct)
+            close_filesystem(s3fs)
+        assert (tmp_path / "a.py").read_bytes() == TREE["flows/a.py"]
+
+
 class TestErrors:
     """Missing things and refused credentials raise what s3fs raises, with its message."""
 

@@ -332,10 +332,11 @@ class DirectS3FileSystem(AbstractFileSystem):  # type: ignore[misc]
         from botocore.parsers import ResponseParserError  # noqa: PLC0415
 
         method: Callable[..., Any] = getattr(self._client, operation)
+        extra = self._request_options(operation)
         error: Exception | None = None
         for attempt in range(RETRIES):
             try:
-                return method(**request, **self._request)
+                return method(**request, **extra)
             except ResponseParserError as exc:
                 error = exc
             except ClientError as exc:
@@ -347,6 +348,19 @@ class DirectS3FileSystem(AbstractFileSystem):  # type: ignore[misc]
         # botocore's frames hold the failed response, and with it a connection that would
         # stay open for as long as this error is kept: the error goes on without them.
         raise translate_client_error(error.with_traceback(None))
+
+    def _request_options(self, operation: str) -> dict[str, Any]:
+        """The request-wide options (``RequestPayer``) that ``operation`` takes.
+
+        s3fs filters them by the operation's input in the same way: HeadBucket, for one,
+        takes no ``RequestPayer``, and botocore would refuse the call.
+        """
+        if not self._request:
+            return {}
+        meta = self._client.meta
+        shape = meta.service_model.operation_model(meta.method_to_api_mapping[operation])
+        members = shape.input_shape.members if shape.input_shape is not None else {}
+        return {name: value for name, value in self._request.items() if name in members}
 
     def _strip_protocol(self, path: Any) -> Any:
         """``s3://bucket/key/`` -> ``bucket/key``, as fsspec strips it for s3fs."""
