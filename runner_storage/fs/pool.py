@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
@@ -70,14 +70,23 @@ def open_filesystem(
         Exception: building the filesystem failed otherwise (some connect when built, like
             sftp://); translate it with :func:`translate_error`.
     """
-    if reads_only is not None and direct_settings(protocol, reads_only, settings):
+    direct = reads_only is not None and direct_settings(protocol, reads_only, settings)
+    return _open(protocol, settings, redact, direct=direct)
+
+
+def _open(
+    protocol: str,
+    settings: Mapping[str, Any],
+    redact: Callable[[str], str] | None,
+    *,
+    direct: bool,
+) -> AbstractFileSystem:
+    """:func:`open_filesystem` once it is decided whether the direct S3 reader serves it."""
+    if direct:
         try:
             return open_direct_s3(settings)
-        except Exception as exc:
-            error = building_error(protocol, settings, exc, redact)
-            if error is exc:
-                raise
-            raise error from None
+        except Exception as exc:  # noqa: BLE001 - translated, as below
+            _building_failed(protocol, settings, exc, redact)
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
@@ -89,14 +98,24 @@ def open_filesystem(
         # listings cache: every pull must see the store as it is now.
         fs = cls(**{**settings, "skip_instance_cache": True, "use_listings_cache": False})
         prepare_s3fs(protocol, fs)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - translated
         if fs is not None:
             close_filesystem(fs)
-        error = building_error(protocol, settings, exc, redact)
-        if error is exc:
-            raise
-        raise error from None
+        _building_failed(protocol, settings, exc, redact)
     return fs
+
+
+def _building_failed(
+    protocol: str,
+    settings: Mapping[str, Any],
+    exc: Exception,
+    redact: Callable[[str], str] | None,
+) -> NoReturn:
+    """Raise what building a filesystem raised, as ours when a setting or package is to blame."""
+    error = building_error(protocol, settings, exc, redact)
+    if error is exc:
+        raise exc
+    raise error from None
 
 
 @contextlib.contextmanager
@@ -132,15 +151,13 @@ def filesystem(
     direct = reads_only is not None and direct_settings(protocol, reads_only, settings)
     key = None if protocol in SINGLE_CONNECTION else _pool_key(protocol, settings, direct=direct)
     if key is None:
-        fs = open_filesystem(protocol, settings, redact=redact, reads_only=reads_only)
+        fs = _open(protocol, settings, redact, direct=direct)
         try:
             yield fs
         finally:
             close_filesystem(fs)
         return
-    entry = _POOL.acquire(
-        key, lambda: open_filesystem(protocol, settings, redact=redact, reads_only=reads_only)
-    )
+    entry = _POOL.acquire(key, lambda: _open(protocol, settings, redact, direct=direct))
     failed = True
     try:
         yield entry.fs

@@ -227,8 +227,8 @@ class DirectS3FileSystem(AbstractFileSystem):  # type: ignore[misc]
                 found = [self.info(path)]
             except FileNotFoundError:
                 found = []
-        for info in found:
-            info["Key"] = info["name"]  # s3fs's find sets it on a looked-up object too
+            for info in found:
+                info["Key"] = info["name"]  # s3fs's find sets it on a looked-up object too
         files = {o["name"]: o for o in found if o["type"] != "directory"}
         return files if detail else sorted(files)
 
